@@ -1,0 +1,118 @@
+"""Which dependency a URL belongs to, and the bounded table of per-host state.
+
+Named dependencies (settings ``dependencies``) match by host pattern, most
+specific first: ``host:port``, then ``host``, then the longest ``*.suffix``.
+Every other host gets the ``default`` policy with state of its own, keyed by
+``host:port``. Those are kept in a least-recently-used table of at most
+``max_tracked_hosts`` entries, so a service that calls 100,000 distinct hosts
+holds state for the busiest few only. A dropped host's pipeline closes its
+pools once its last call in flight has finished; a later call to that host
+starts with fresh state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import httpx
+
+from ._pipeline import DependencyPipeline
+from ._settings import DependencyPolicy, ResilienceSettings
+
+__all__ = ["DependencyRegistry", "host_key"]
+
+PipelineBuilder = Callable[[str, DependencyPolicy, bool], DependencyPipeline]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def host_key(url: httpx.URL) -> tuple[str, int | None]:
+    """``(host, port)`` of a URL as host patterns spell them (IPv6 in brackets)."""
+    host = url.raw_host.decode("ascii").lower().rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    return host, url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+class DependencyRegistry:
+    """Resolves URLs to dependency pipelines; owns every pipeline it made."""
+
+    def __init__(self, settings: ResilienceSettings, build: PipelineBuilder) -> None:
+        self._settings = settings
+        self._build = build
+        self._named = {
+            name: build(name, settings.policy_for(name), True) for name in settings.dependencies
+        }
+        self._exact: dict[str, str] = {}
+        wildcards: list[tuple[str, int | None, str]] = []
+        for name, dependency in settings.dependencies.items():
+            for pattern in dependency.hosts:
+                if pattern.startswith("*."):
+                    suffix, _, port = pattern[1:].partition(":")
+                    wildcards.append((suffix, int(port) if port else None, name))
+                else:
+                    self._exact[pattern] = name
+        # Longest suffix first, and a suffix with a port before the same one without.
+        wildcards.sort(key=lambda item: (-len(item[0]), item[1] is None))
+        self._wildcards = wildcards
+        # (host, port) -> pipeline, most recently used last. Named pipelines are
+        # cached here too (cheap to re-resolve), default-policy ones live only here.
+        self._recent: OrderedDict[tuple[str, int | None], DependencyPipeline] = OrderedDict()
+        self._retiring: set[DependencyPipeline] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def resolve(self, url: httpx.URL) -> DependencyPipeline:
+        key = host_key(url)
+        pipeline = self._recent.get(key)
+        if pipeline is not None:
+            self._recent.move_to_end(key)
+            return pipeline
+        pipeline = self._match_named(*key)
+        if pipeline is None:
+            host, port = key
+            name = host if port is None else f"{host}:{port}"
+            pipeline = self._build(name, self._settings.default, False)
+        self._recent[key] = pipeline
+        if len(self._recent) > self._settings.max_tracked_hosts:
+            _, evicted = self._recent.popitem(last=False)
+            if not evicted.named:
+                self._retiring.add(evicted)
+                evicted.retire(self._close_retired)
+        return pipeline
+
+    def _match_named(self, host: str, port: int | None) -> DependencyPipeline | None:
+        name = self._exact.get(f"{host}:{port}") or self._exact.get(host)
+        if name is None:
+            for suffix, wildcard_port, candidate in self._wildcards:
+                if host.endswith(suffix) and wildcard_port in (None, port):
+                    name = candidate
+                    break
+        return None if name is None else self._named[name]
+
+    def _close_retired(self, pipeline: DependencyPipeline) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to close on now: aclose() of the client closes it
+        self._retiring.discard(pipeline)
+        task = loop.create_task(pipeline.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def pipelines(self) -> Iterator[DependencyPipeline]:
+        """Every dependency with state now: the named ones, then tracked hosts."""
+        yield from self._named.values()
+        yield from (p for p in self._recent.values() if not p.named)
+
+    async def aclose(self) -> None:
+        """Close every pool every pipeline built, including dropped hosts' ones."""
+        owned = [*self._named.values(), *(p for p in self._recent.values() if not p.named)]
+        owned.extend(self._retiring)
+        self._recent.clear()
+        self._retiring.clear()
+        for pipeline in owned:
+            await pipeline.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

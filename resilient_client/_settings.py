@@ -1,0 +1,349 @@
+"""Resilience settings: one policy per dependency, from a dict, a TOML file or the environment.
+
+Shape (every section optional; what a dependency leaves out it takes from ``default``)::
+
+    [default.timeout]        total, attempt, connect
+    [default.retry]          attempts, backoff_base, backoff_max, retry_on_status,
+                             respect_retry_after, budget_ratio, budget_min_per_second
+    [default.breaker]        failure_ratio, minimum_calls, window, consecutive_failures,
+                             open_for, half_open_probes
+    [default.bulkhead]       max_concurrent, max_queue, queue_timeout
+    [default.rate_limit]     rate, period          (absent or null: no rate limit)
+    [default.pool]           max_connections, max_keepalive
+
+    [dependencies.payments]  hosts = ["payments.internal", "*.pay.internal:8443"]
+    [dependencies.payments.timeout]
+    total = 2.0
+
+Precedence, highest first: values given in code (a dict or keyword arguments),
+environment variables (``RESILIENT_CLIENT_DEFAULT__TIMEOUT__TOTAL=2``), the TOML
+file, the library defaults. docs/configuration.md explains every default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from ._exceptions import SettingsError
+
+__all__ = [
+    "BreakerPolicy",
+    "BulkheadPolicy",
+    "DependencyPolicy",
+    "DependencySettings",
+    "HostPattern",
+    "PoolPolicy",
+    "RateLimitPolicy",
+    "ResilienceSettings",
+    "RetryPolicy",
+    "TimeoutPolicy",
+    "load_settings",
+]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+ENV_PREFIX = "RESILIENT_CLIENT_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class _Section(BaseModel):
+    # Frozen: a policy is shared by every call of a dependency and must not change under it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class TimeoutPolicy(_Section):
+    """Time limits. ``total`` bounds the whole logical call; the others each attempt."""
+
+    total: Seconds | None = 10.0
+    attempt: Seconds | None = 5.0
+    connect: Seconds | None = 2.0
+
+
+class RetryPolicy(_Section):
+    """When and how often a failed attempt is tried again (implemented with the breaker)."""
+
+    attempts: int = Field(3, ge=1, le=10)
+    backoff_base: float = Field(0.05, ge=0, allow_inf_nan=False)
+    backoff_max: float = Field(2.0, ge=0, allow_inf_nan=False)
+    retry_on_status: frozenset[Annotated[int, Field(ge=100, le=599)]] = frozenset(
+        {429, 502, 503, 504}
+    )
+    respect_retry_after: bool = True
+    budget_ratio: float = Field(0.2, ge=0, le=10, allow_inf_nan=False)
+    budget_min_per_second: float = Field(3.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> Self:
+        if self.backoff_max < self.backoff_base:
+            raise ValueError(
+                f"backoff_max ({self.backoff_max}) must be >= backoff_base ({self.backoff_base})"
+            )
+        return self
+
+
+class BreakerPolicy(_Section):
+    """When the circuit opens, how long it stays open, how it probes for recovery."""
+
+    failure_ratio: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
+    minimum_calls: int = Field(20, ge=1)
+    window: Seconds = 10.0
+    consecutive_failures: int | None = Field(5, ge=1)
+    open_for: Seconds = 5.0
+    half_open_probes: int = Field(1, ge=1)
+
+
+class BulkheadPolicy(_Section):
+    """Bounded concurrency per dependency, with a bounded, time-limited queue."""
+
+    max_concurrent: int = Field(50, ge=1)
+    max_queue: int = Field(100, ge=0)
+    queue_timeout: Seconds = 1.0
+
+
+class RateLimitPolicy(_Section):
+    """At most ``rate`` attempts per ``period`` seconds (implemented with the breaker)."""
+
+    rate: float = Field(gt=0, allow_inf_nan=False)
+    period: Seconds = 1.0
+
+
+class PoolPolicy(_Section):
+    """The dependency's own connection pool.
+
+    None means derived: the client's ``limits=`` when one was given, else
+    ``max_connections`` twice the bulkhead's ``max_concurrent`` (a permitted call
+    never waits for a connection, even while cancelled calls' connections are
+    still closing) and ``max_keepalive`` equal to ``max_concurrent``.
+    """
+
+    max_connections: int | None = Field(None, ge=1)
+    max_keepalive: int | None = Field(None, ge=0)
+
+
+class DependencyPolicy(_Section):
+    """Everything that governs calls to one dependency."""
+
+    timeout: TimeoutPolicy = TimeoutPolicy()
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    bulkhead: BulkheadPolicy = BulkheadPolicy()
+    rate_limit: RateLimitPolicy | None = None
+    pool: PoolPolicy = PoolPolicy()
+
+    def over(self, base: DependencyPolicy) -> DependencyPolicy:
+        """This policy with every setting it does not set itself taken from ``base``."""
+        return _overlay(self, base)
+
+
+def _overlay(override: _M, base: _M) -> _M:
+    """Deep-merge two models of one type: the fields ``override`` set explicitly win."""
+    values: dict[str, Any] = {}
+    for name in type(override).model_fields:
+        mine = getattr(override, name)
+        theirs = getattr(base, name)
+        if name not in override.model_fields_set:
+            values[name] = theirs
+        elif isinstance(mine, BaseModel) and isinstance(theirs, type(mine)):
+            values[name] = _overlay(mine, theirs)
+        else:
+            values[name] = mine
+    merged = type(override).model_construct(**values)
+    # Keep "explicitly set" information so a further overlay still sees it.
+    object.__setattr__(
+        merged, "__pydantic_fields_set__", override.model_fields_set | base.model_fields_set
+    )
+    return merged
+
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+_WILDCARD = re.compile(rf"^\*(\.{_LABEL})+$")
+
+
+def _check_host_pattern(pattern: str) -> str:
+    """Normalise a host pattern: ``host``, ``host:port``, ``[v6]:port`` or ``*.suffix``."""
+    text = pattern.strip().lower()
+    if "://" in text or "/" in text:
+        raise ValueError(
+            f"{pattern!r} is not a host pattern: give 'host', 'host:port' or '*.suffix', "
+            "without scheme or path"
+        )
+    host, port = text, None
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f"{pattern!r}: unclosed '[' in IPv6 address")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{pattern!r}: expected ':port' after ']'")
+            port = rest[1:]
+        if ":" not in host:
+            raise ValueError(f"{pattern!r}: brackets are only for IPv6 addresses")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif ":" in text:
+        raise ValueError(f"{pattern!r}: write IPv6 addresses in brackets, e.g. '[::1]:8080'")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{pattern!r}: port must be a number from 1 to 65535")
+    if ":" not in host and not (_HOSTNAME.match(host) or _WILDCARD.match(host)):
+        raise ValueError(f"{pattern!r}: not a valid host name or '*.suffix' wildcard")
+    host = host.rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port is None else f"{host}:{int(port)}"
+
+
+HostPattern = Annotated[str, AfterValidator(_check_host_pattern)]
+
+
+class DependencySettings(DependencyPolicy):
+    """A named dependency: the hosts it covers and what it sets apart from ``default``."""
+
+    hosts: list[HostPattern] = Field(min_length=1)
+
+    def policy(self) -> DependencyPolicy:
+        """The policy part alone (without ``hosts``)."""
+        data = {name: getattr(self, name) for name in DependencyPolicy.model_fields}
+        return _restamp(DependencyPolicy.model_construct(**data), self.model_fields_set)
+
+
+def _restamp(model: DependencyPolicy, fields_set: set[str]) -> DependencyPolicy:
+    object.__setattr__(
+        model, "__pydantic_fields_set__", fields_set & set(DependencyPolicy.model_fields)
+    )
+    return model
+
+
+class ResilienceSettings(BaseSettings):
+    """Resilience settings for one client: a default policy and named dependencies.
+
+    Hosts that no dependency names get the ``default`` policy, each host with its
+    own state (pool, bulkhead, breaker). ``max_tracked_hosts`` bounds how many such
+    hosts keep state at once; the least recently used are dropped beyond it.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    default: DependencyPolicy = DependencyPolicy()
+    dependencies: dict[str, DependencySettings] = {}
+    max_tracked_hosts: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _hosts_unique(self) -> Self:
+        owner: dict[str, str] = {}
+        for name, dependency in self.dependencies.items():
+            for host in dependency.hosts:
+                if host in owner and owner[host] != name:
+                    raise ValueError(
+                        f"host pattern {host!r} is claimed by both dependencies "
+                        f"{owner[host]!r} and {name!r}"
+                    )
+                owner[host] = name
+        return self
+
+    def policy_for(self, name: str) -> DependencyPolicy:
+        """The effective policy of a named dependency (its own settings over ``default``)."""
+        return self.dependencies[name].policy().over(self.default)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> Self:
+        """Validate a dict of the settings' shape; environment variables fill what it omits."""
+        return _validate(cls, dict(data), source)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Self:
+        """Load a TOML file; environment variables override what the file says."""
+        file = Path(path)
+        try:
+            with file.open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise SettingsError(f"settings file {str(file)!r} does not exist", []) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {str(file)!r} is not valid TOML: {exc}", []) from None
+        environment = EnvSettingsSource(cls)()
+        return _validate(cls, _deep_merge(data, environment), f"settings file {str(file)!r}")
+
+    @classmethod
+    def from_environment(cls) -> Self:
+        """Defaults, overridden by ``RESILIENT_CLIENT_*`` environment variables."""
+        return _validate(cls, {}, "environment")
+
+
+_S = TypeVar("_S", bound="ResilienceSettings")
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate(cls: type[_S], data: dict[str, Any], source: str) -> _S:
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors()]
+        lines = "\n".join(f"  {path}: {message} (got {value!r})" for path, message, value in problems)
+        plural = "s" if len(problems) != 1 else ""
+        raise SettingsError(f"invalid resilience setting{plural} in {source}:\n{lines}", problems) from None
+
+
+def _problem(error: Any) -> tuple[str, str, object]:
+    location = [str(part) for part in error["loc"]]
+    # pydantic names the union branch ("function-after[...]", "RateLimitPolicy") in the path.
+    location = [part for part in location if not part.startswith(("function-", "function_"))]
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    return ".".join(location) or "(top level)", message, error.get("input")
+
+
+def load_settings(
+    settings: ResilienceSettings | Mapping[str, Any] | str | os.PathLike[str] | None,
+) -> ResilienceSettings:
+    """Accept what ``AsyncClient(settings=...)`` accepts and return validated settings."""
+    if settings is None:
+        return ResilienceSettings.from_environment()
+    if isinstance(settings, ResilienceSettings):
+        return settings
+    if isinstance(settings, Mapping):
+        return ResilienceSettings.from_mapping(settings)
+    if isinstance(settings, str | os.PathLike):
+        return ResilienceSettings.from_toml(settings)
+    raise TypeError(
+        "settings must be a ResilienceSettings, a dict of the same shape or a path to a "
+        f"TOML file, not {type(settings).__name__}"
+    )
+

@@ -1,0 +1,156 @@
+"""A logical call never outlives its deadline: hanging servers, drips, queues, streams."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import resilient_client as rc
+from resilient_client._deadline import current_deadline
+from resilient_client._upstream import Upstream
+
+pytestmark = pytest.mark.anyio
+
+# Tests may assert generous bounds on behaviour: a deadline is kept within 50 ms.
+TOLERANCE = 0.05
+
+
+async def _elapsed_until_error(
+    client: rc.AsyncClient, url: str, error: type[BaseException], seconds: float | None = None
+) -> float:
+    start = time.monotonic()
+    with pytest.raises(error):
+        if seconds is None:
+            await client.get(url)
+        else:
+            with rc.deadline(seconds):
+                await client.get(url)
+    return time.monotonic() - start
+
+
+async def test_deadline_scope_is_kept_for_a_hanging_server(upstream: Upstream) -> None:
+    async with rc.AsyncClient() as client:
+        elapsed = await _elapsed_until_error(
+            client, upstream.url(0, "/?hang=1"), rc.DeadlineExceededError, 0.3
+        )
+    assert 0.3 - 0.005 <= elapsed <= 0.3 + TOLERANCE
+
+
+async def test_deadline_is_kept_for_a_server_that_drips_the_body(upstream: Upstream) -> None:
+    # One byte every 50 ms: every read succeeds well within httpx's read timeout,
+    # so only a deadline over the whole call can end it.
+    async with rc.AsyncClient() as client:
+        elapsed = await _elapsed_until_error(
+            client, upstream.url(0, "/?drip=0.05&size=1000"), rc.DeadlineExceededError, 0.4
+        )
+    assert 0.4 - 0.005 <= elapsed <= 0.4 + TOLERANCE
+
+
+async def test_timeout_total_from_settings_bounds_a_call_without_a_scope(
+    upstream: Upstream,
+) -> None:
+    settings = {"default": {"timeout": {"total": 0.3, "attempt": None}}}
+    async with rc.AsyncClient(settings=settings) as client:
+        elapsed = await _elapsed_until_error(
+            client, upstream.url(0, "/?drip=0.05&size=1000"), rc.DeadlineExceededError
+        )
+    assert 0.3 - 0.005 <= elapsed <= 0.3 + TOLERANCE
+
+
+async def test_deadline_exceeded_is_an_httpx_timeout_and_names_the_dependency(
+    upstream: Upstream,
+) -> None:
+    async with rc.AsyncClient() as client:
+        with pytest.raises(httpx.TimeoutException) as caught:
+            with rc.deadline(0.1):
+                await client.get(upstream.url(0, "/?hang=1"))
+    error = caught.value
+    assert isinstance(error, rc.DeadlineExceededError)
+    assert error.dependency == f"127.0.0.1:{upstream.ports[0]}"
+    assert error.dependency in str(error)
+    assert error.request.url == httpx.URL(upstream.url(0, "/?hang=1"))
+
+
+async def test_nested_scopes_can_only_shrink_the_time_left(upstream: Upstream) -> None:
+    async with rc.AsyncClient() as client:
+        start = time.monotonic()
+        with rc.deadline(0.2), pytest.raises(rc.DeadlineExceededError):
+            with rc.deadline(5.0):  # asks for more than the caller has: ignored
+                await client.get(upstream.url(0, "/?hang=1"))
+        assert time.monotonic() - start <= 0.2 + TOLERANCE
+
+
+@given(outer=st.floats(0, 100), inner=st.floats(0, 100))
+def test_nested_deadline_is_the_earlier_of_both(outer: float, inner: float) -> None:
+    with rc.deadline(outer) as first:
+        with rc.deadline(inner) as second:
+            assert second.at <= first.at
+            assert current_deadline() == second.at
+        assert current_deadline() == first.at
+    assert current_deadline() is None
+
+
+def test_deadline_rejects_negative_and_nan() -> None:
+    with pytest.raises(ValueError, match="must be >= 0"), rc.deadline(-1):
+        pass
+    with pytest.raises(ValueError, match="must be >= 0"), rc.deadline(float("nan")):
+        pass
+    with pytest.raises(TypeError), rc.deadline("1"):  # type: ignore[arg-type]
+        pass
+
+
+async def test_an_expired_deadline_fails_before_anything_is_sent(upstream: Upstream) -> None:
+    async with rc.AsyncClient() as client:
+        with rc.deadline(0):
+            with pytest.raises(rc.DeadlineExceededError, match="before the call was admitted"):
+                await client.get(upstream.url(0))
+    assert upstream.received[upstream.ports[0]] == 0
+
+
+async def test_attempt_timeout_ends_the_attempt_not_as_deadline_exceeded(
+    upstream: Upstream,
+) -> None:
+    settings = {"default": {"timeout": {"total": 5.0, "attempt": 0.2}}}
+    async with rc.AsyncClient(settings=settings) as client:
+        start = time.monotonic()
+        with pytest.raises(httpx.TimeoutException) as caught:
+            await client.get(upstream.url(0, "/?hang=1"))
+        assert time.monotonic() - start <= 0.2 + TOLERANCE
+    assert not isinstance(caught.value, rc.DeadlineExceededError)
+
+
+async def test_the_callers_own_shorter_httpx_timeout_keeps_its_type(upstream: Upstream) -> None:
+    async with rc.AsyncClient(timeout=httpx.Timeout(5.0, read=0.1)) as client:
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await client.get(upstream.url(0, "/?hang=1"))
+    assert not isinstance(caught.value, rc.DeadlineExceededError)
+
+
+async def test_a_streamed_body_must_be_read_within_the_deadline(upstream: Upstream) -> None:
+    async with rc.AsyncClient() as client:
+        start = time.monotonic()
+        with rc.deadline(0.3):
+            async with client.stream("GET", upstream.url(0, "/?drip=0.05&size=1000")) as response:
+                assert response.status_code == 200
+                with pytest.raises(rc.DeadlineExceededError, match="reading the body"):
+                    async for _ in response.aiter_bytes():
+                        pass
+        assert time.monotonic() - start <= 0.3 + TOLERANCE
+
+
+async def test_redirects_share_one_budget(upstream: Upstream) -> None:
+    # Each hop alone fits in the budget; the whole logical call does not.
+    second_hop = upstream.url(1, "/?delay=0.25")
+    first_hop = upstream.url(0, "/?delay=0.25&status=302&size=0&location=" + quote(second_hop))
+    settings = {"default": {"timeout": {"total": 0.4}}}
+    async with rc.AsyncClient(settings=settings, follow_redirects=True) as client:
+        start = time.monotonic()
+        with pytest.raises(rc.DeadlineExceededError):
+            await client.get(first_hop)
+        assert 0.4 - 0.005 <= time.monotonic() - start <= 0.4 + TOLERANCE
+    assert upstream.received[upstream.ports[1]] == 1
