@@ -56,5 +56,5 @@ __all__ = [
 # Public names report the public module, as httpx does.
 for _name in __all__:
     if not _name.startswith("__"):
-        setattr(globals()[_name], "__module__", "resilient_client")
+        globals()[_name].__module__ = "resilient_client"
 del _name

@@ -32,7 +32,7 @@ from httpx._types import (
     TimeoutTypes,
 )
 
-from ._deadline import deadline_at, monotonic
+from ._deadline import monotonic, pop_deadline, push_deadline
 from ._pipeline import DependencyPipeline
 from ._registry import DependencyRegistry
 from ._settings import DependencyPolicy, ResilienceSettings, load_settings
@@ -156,7 +156,9 @@ class AsyncClient(httpx.AsyncClient):
         # httpx's own choice: a Route marker, or a transport the user gave.
         return super()._transport_for_url(url)
 
-    def _build_pipeline(self, name: str, policy: DependencyPolicy, named: bool) -> DependencyPipeline:
+    def _build_pipeline(
+        self, name: str, policy: DependencyPolicy, named: bool
+    ) -> DependencyPipeline:
         return DependencyPipeline(
             name,
             policy,
@@ -203,10 +205,13 @@ class AsyncClient(httpx.AsyncClient):
         reading the body; a streamed body must be read within it too.
         """
         total = self._registry.resolve(request.url).policy.timeout.total
-        with deadline_at(None if total is None else monotonic() + total):
+        token = push_deadline(None if total is None else monotonic() + total)
+        try:
             return await super().send(
                 request, stream=stream, auth=auth, follow_redirects=follow_redirects
             )
+        finally:
+            pop_deadline(token)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per dependency, a JSON-serialisable snapshot of its state, keyed by its name."""

@@ -12,8 +12,9 @@ Outermost first, as a request passes through them::
                connection
     attempt    httpx's per-phase timeouts shrunk to the time left, bounded by
                ``timeout.attempt`` and ``timeout.connect``; a backstop at the deadline
-    transport  the dependency's own connection pool for the URL's route (or the
-               transport or mount the user gave the client)
+    transport  the dependency's own connection pool for the URL's route, leased
+               until the body is closed and replaced if it may have lost slots
+               (or the transport or mount the user gave the client, as given)
     body       every read of the body bounded by the deadline; closing it
                releases the permit
 
@@ -24,7 +25,6 @@ redirects, cookies, event hooks — which stay exactly httpx's own.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +32,7 @@ import httpx
 
 from ._bulkhead import Bulkhead
 from ._deadline import monotonic
+from ._pools import DependencyPools, PoolLease
 from ._settings import DependencyPolicy
 from ._timeout import DeadlineBody, TimeoutStrategy
 from ._transports import Route, TransportFactory
@@ -58,15 +59,11 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self.policy = policy
         self.named = named
         self._route_for = route_for
-        self._transport_factory = transport_factory
-        self._limits = limits
         self._timeout = TimeoutStrategy(name, policy.timeout)
         self._bulkhead = Bulkhead(name, policy.bulkhead)
-        # The dependency's own transports, one per route (direct, or each proxy) it used.
-        self._transports: dict[Route, httpx.AsyncBaseTransport] = {}
-        self._draining: list[httpx.AsyncBaseTransport] = []
-        self._closing: set[asyncio.Task[None]] = set()
-        self.pools_replaced = 0
+        self._pools = DependencyPools(
+            name, transport_factory, limits, policy.bulkhead.max_concurrent
+        )
         self._retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
 
@@ -75,62 +72,44 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         if deadline is not None and monotonic() >= deadline:
             raise self._timeout.expired_error(request, "before the call was admitted")
         await self._bulkhead.acquire(deadline)
+        lease: PoolLease | None = None
         try:
-            response = await self._timeout.attempt(self._send_once, request, deadline)
+            route = self._route_for(request.url)
+            if isinstance(route, Route):
+                lease = self._pools.lease(route)
+                send = lease.send
+            else:
+                send = route.handle_async_request  # the user's own transport or mount
+            response = await self._timeout.attempt(send, request, deadline)
         except BaseException:
-            self._release()
+            self._release(lease)
             raise
+        if response.is_closed:
+            # Built from bytes (MockTransport, ASGI apps, caches): already read and
+            # closed, so no one will ever close it again. It holds no connection.
+            self._release(lease)
+            return response
         response.stream = DeadlineBody(
             _as_async_stream(response.stream),
             deadline=deadline,
-            on_close=self._release,
+            on_close=lambda: self._release(lease),
             strategy=self._timeout,
             request=request,
         )
         return response
 
-    async def _send_once(self, request: httpx.Request) -> httpx.Response:
-        route = self._route_for(request.url)
-        if not isinstance(route, Route):
-            # The user's own transport or mount, used as given.
-            return await route.handle_async_request(request)
-        transport = self._transports.get(route)
-        if transport is None:
-            transport = self._transport_factory(self.name, self._limits, route.proxy)
-            self._transports[route] = transport
-        try:
-            return await transport.handle_async_request(request)
-        except httpx.PoolTimeout:
-            if self._bulkhead.in_flight <= (self._limits.max_connections or 0):
-                self._replace_leaking(route, transport)
-            raise
-
-    def _replace_leaking(self, route: Route, transport: httpx.AsyncBaseTransport) -> None:
-        """Swap out a pool that timed out although it had a free slot for every call.
-
-        That pool has lost slots: httpcore can orphan a connection when a request
-        waiting for one is cancelled (httpcore #1093), and the slot never comes
-        back. New calls get a fresh pool; the old one closes when the dependency
-        is next idle, so the calls still using it finish undisturbed.
-        """
-        if self._transports.get(route) is transport:
-            del self._transports[route]
-            self._draining.append(transport)
-            self.pools_replaced += 1
-
-    def _release(self) -> None:
+    def _release(self, lease: PoolLease | None) -> None:
+        if lease is not None:
+            lease.release()
         self._bulkhead.release()
-        if self._draining and self.idle:
-            self._close_draining()
         if self._retired and self.idle and self._on_idle_after_retire is not None:
             callback, self._on_idle_after_retire = self._on_idle_after_retire, None
             callback(self)
 
-    def _close_draining(self) -> None:
-        draining, self._draining = self._draining, []
-        task = asyncio.get_running_loop().create_task(_close_all(draining))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    @property
+    def has_pools(self) -> bool:
+        """Whether this dependency holds any pool that needs closing."""
+        return self._pools.open > 0
 
     @property
     def idle(self) -> bool:
@@ -148,16 +127,13 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             self._on_idle_after_retire = on_idle
 
     async def aclose(self) -> None:
-        """Close the transports this dependency built (never the user's own)."""
-        transports, self._transports = list(self._transports.values()), {}
-        draining, self._draining = self._draining, []
-        await _close_all([*transports, *draining])
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        """Close the pools this dependency built (never the user's own transports)."""
+        await self._pools.aclose()
 
     def health(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot of this dependency's state."""
         bulkhead = self.policy.bulkhead
+        limits = self._pools.limits
         return {
             "kind": "named" if self.named else "host",
             "in_flight": self._bulkhead.in_flight,
@@ -165,18 +141,13 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             "max_concurrent": bulkhead.max_concurrent,
             "max_queue": bulkhead.max_queue,
             "pool": {
-                "max_connections": self._limits.max_connections,
-                "max_keepalive": self._limits.max_keepalive_connections,
-                "open_transports": len(self._transports),
-                "replaced_after_leak": self.pools_replaced,
+                "max_connections": limits.max_connections,
+                "max_keepalive": limits.max_keepalive_connections,
+                "open_pools": self._pools.open,
+                "replaced": self._pools.replaced,
             },
             "timeout": self.policy.timeout.model_dump(),
         }
-
-
-async def _close_all(transports: list[httpx.AsyncBaseTransport]) -> None:
-    for transport in transports:
-        await transport.aclose()
 
 
 def _as_async_stream(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.AsyncByteStream:

@@ -92,6 +92,9 @@ class DependencyRegistry:
         return None if name is None else self._named[name]
 
     def _close_retired(self, pipeline: DependencyPipeline) -> None:
+        if not pipeline.has_pools:
+            self._retiring.discard(pipeline)
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

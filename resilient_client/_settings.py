@@ -285,7 +285,9 @@ class ResilienceSettings(BaseSettings):
         except FileNotFoundError:
             raise SettingsError(f"settings file {str(file)!r} does not exist", []) from None
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"settings file {str(file)!r} is not valid TOML: {exc}", []) from None
+            raise SettingsError(
+                f"settings file {str(file)!r} is not valid TOML: {exc}", []
+            ) from None
         environment = EnvSettingsSource(cls)()
         return _validate(cls, _deep_merge(data, environment), f"settings file {str(file)!r}")
 
@@ -313,9 +315,13 @@ def _validate(cls: type[_S], data: dict[str, Any], source: str) -> _S:
         return cls(**data)
     except ValidationError as exc:
         problems = [_problem(error) for error in exc.errors()]
-        lines = "\n".join(f"  {path}: {message} (got {value!r})" for path, message, value in problems)
+        lines = "\n".join(
+            f"  {path}: {message} (got {value!r})" for path, message, value in problems
+        )
         plural = "s" if len(problems) != 1 else ""
-        raise SettingsError(f"invalid resilience setting{plural} in {source}:\n{lines}", problems) from None
+        raise SettingsError(
+            f"invalid resilience setting{plural} in {source}:\n{lines}", problems
+        ) from None
 
 
 def _problem(error: Any) -> tuple[str, str, object]:
@@ -346,4 +352,3 @@ def load_settings(
         "settings must be a ResilienceSettings, a dict of the same shape or a path to a "
         f"TOML file, not {type(settings).__name__}"
     )
-

@@ -61,7 +61,9 @@ class TimeoutStrategy:
         return monotonic() + self._policy.total
 
     def expired_error(self, request: httpx.Request, where: str) -> DeadlineExceededError:
-        return DeadlineExceededError(self._dependency, f"the deadline passed {where}", request=request)
+        return DeadlineExceededError(
+            self._dependency, f"the deadline passed {where}", request=request
+        )
 
     async def attempt(
         self,
@@ -159,7 +161,9 @@ class DeadlineBody(httpx.AsyncByteStream):
             except TimeoutError:
                 if not scope.expired():
                     raise
-                raise self._strategy.expired_error(self._request, "while reading the body") from None
+                raise self._strategy.expired_error(
+                    self._request, "while reading the body"
+                ) from None
             except httpx.TimeoutException as exc:
                 if monotonic() >= deadline - _CLOCK_SLACK:
                     raise self._strategy.expired_error(

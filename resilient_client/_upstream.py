@@ -17,9 +17,12 @@ server can play a healthy host, a slow one and a broken one at once:
 It counts requests per port and keeps the headers of the most recent ones, so
 tests and benchmarks measure load at the server. Only 127.0.0.1 is ever bound.
 
-Run it in this process's own thread (:class:`UpstreamThread`) for tests, or as
-its own process for benchmarks: ``python -m resilient_client._upstream --ports 2``
-prints one JSON line with the ports, then serves until stdin closes.
+Run it in a thread of this process (:class:`UpstreamThread`) for functional
+tests, or as its own process (:func:`upstream_process`) wherever latency or CPU
+is measured: a server thread shares the client's GIL, and every hand-over
+between the two can cost a GIL switch interval (5 ms). As a process,
+``python -m resilient_client._upstream --ports 2`` prints one JSON line with the
+ports, then serves until its stdin closes.
 """
 
 from __future__ import annotations
@@ -28,17 +31,24 @@ import argparse
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import threading
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-__all__ = ["RecordedRequest", "Upstream", "UpstreamThread"]
+__all__ = ["RecordedRequest", "Upstream", "UpstreamThread", "upstream_process"]
 
 HOST = "127.0.0.1"
 _MAX_HEAD = 64 * 1024
-_REASONS = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +169,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
         return await reader.readexactly(int(headers["content-length"]))
     if headers.get("transfer-encoding", "").lower() != "chunked":
         return b""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         size_line = await reader.readuntil(b"\r\n")
         size = int(size_line.split(b";")[0], 16)
@@ -192,6 +202,38 @@ class UpstreamThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+@contextlib.contextmanager
+def upstream_process(ports: int = 1, *, start_timeout: float = 20.0) -> Iterator[list[int]]:
+    """Run the upstream as its own process; yields its ports; always stops it by its PID."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resilient_client._upstream", "--ports", str(ports)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready = threading.Timer(start_timeout, process.kill)  # never wait forever for it
+        ready.start()
+        try:
+            line = process.stdout.readline()
+        finally:
+            ready.cancel()
+        if not line:
+            raise RuntimeError(f"the upstream process exited early ({process.poll()})")
+        yield list(json.loads(line)["ports"])
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()  # asks it to stop
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 async def _serve_until_stdin_closes(count: int) -> None:

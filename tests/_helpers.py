@@ -18,7 +18,7 @@ def pool_is_idle(pipeline: DependencyPipeline) -> bool:
 
     Looks inside httpcore on purpose: it proves no connection slot leaked.
     """
-    for transport in pipeline._transports.values():
+    for transport in pipeline._pools.live_transports():
         assert isinstance(transport, httpx.AsyncHTTPTransport)
         pool = transport._pool
         if pool._requests:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from resilient_client._upstream import Upstream, UpstreamThread
+from resilient_client._upstream import Upstream, UpstreamThread, upstream_process
 
 
 @pytest.fixture
@@ -23,6 +23,18 @@ def upstream() -> Iterator[Upstream]:
     """
     with UpstreamThread(ports=2) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def upstream_ports() -> Iterator[list[int]]:
+    """Two ports of an upstream in its own process, for tests that measure latency.
+
+    A server thread would share the client's GIL and add its switch interval to
+    every hand-over; a process does not. Shared by the session: don't count on
+    its request counters.
+    """
+    with upstream_process(ports=2) as ports:
+        yield ports
 
 
 @pytest.fixture

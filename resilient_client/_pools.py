@@ -1,0 +1,157 @@
+"""One dependency's own connection pools, and their replacement when they may have lost slots.
+
+A dependency has one pool per route it uses (direct, or each proxy), built on
+first use by the :class:`TransportFactory`. Every call *leases* the pool it
+sends on, from sending until its response body is closed, so this module knows
+how many calls each pool carries without looking inside it.
+
+Why replacement: httpcore's pool can orphan a connection slot for good when a
+request is cancelled between being given a new connection and starting to
+connect, or while waiting for one (httpcore #1093, #830); after enough of those
+every call fails with PoolTimeout against a healthy server. Nothing outside
+httpcore can see an orphan, but every orphan needs a cancellation inside the
+transport, or a pool timeout. So this module counts those per pool and:
+
+- once a pool has seen as many interrupted calls as it has spare slots
+  (``max_connections`` minus the calls the bulkhead lets in), new calls go to a
+  fresh pool: orphans can never take a slot a permitted call needs;
+- a pool that timed out with fewer calls leased than slots has lost some: replaced;
+- a pool that saw any interruption is replaced as soon as no call leases it,
+  so after a storm of deadline expiries or cancellations the dependency is
+  back to a clean, idle pool.
+
+A replaced pool is closed once its last lease ends; calls still using it finish
+undisturbed. This works for any transport: it never looks inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+
+from ._transports import Route, TransportFactory
+
+__all__ = ["DependencyPools", "PoolLease"]
+
+
+@dataclass(eq=False)
+class _Pool:
+    transport: httpx.AsyncBaseTransport
+    leases: int = 0
+    interrupted: int = 0
+    retired: bool = False
+
+
+@dataclass(eq=False)
+class PoolLease:
+    """A call's hold on the pool it was sent on; ``release()`` exactly once when done."""
+
+    _owner: DependencyPools
+    _pool: _Pool
+    _released: bool = field(default=False)
+
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        return self._pool.transport
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """Send on the leased pool, noting what may have cost it a slot."""
+        pool = self._pool
+        try:
+            return await pool.transport.handle_async_request(request)
+        except asyncio.CancelledError:
+            pool.interrupted += 1
+            if pool.interrupted >= self._owner.spare_slots:
+                self._owner.retire(pool)
+            raise
+        except httpx.PoolTimeout:
+            # Counting this call, fewer calls than slots: some slots were lost.
+            if pool.leases <= self._owner.max_connections:
+                self._owner.retire(pool)
+            raise
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner.release(self._pool)
+
+
+class DependencyPools:
+    """The pools one dependency built, one live pool per route."""
+
+    def __init__(
+        self,
+        dependency: str,
+        factory: TransportFactory,
+        limits: httpx.Limits,
+        max_concurrent: int,
+    ) -> None:
+        self._dependency = dependency
+        self._factory = factory
+        self.limits = limits
+        self.max_connections = limits.max_connections or max_concurrent
+        # Slots beyond what the bulkhead ever lets in: how many orphans a pool absorbs.
+        self.spare_slots = max(1, self.max_connections - max_concurrent)
+        self._live: dict[Route, _Pool] = {}
+        self._retired: set[_Pool] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+        self.replaced = 0
+
+    def lease(self, route: Route) -> PoolLease:
+        pool = self._live.get(route)
+        if pool is None:
+            pool = _Pool(self._factory(self._dependency, self.limits, route.proxy))
+            self._live[route] = pool
+        pool.leases += 1
+        return PoolLease(self, pool)
+
+    def retire(self, pool: _Pool) -> None:
+        """Send new calls to a fresh pool; close this one when its last lease ends."""
+        if pool.retired:
+            return
+        pool.retired = True
+        self.replaced += 1
+        for route, live in list(self._live.items()):
+            if live is pool:
+                del self._live[route]
+        self._retired.add(pool)
+        if pool.leases == 0:
+            self._close_soon(pool)
+
+    def release(self, pool: _Pool) -> None:
+        pool.leases -= 1
+        if pool.leases:
+            return
+        if pool.interrupted and not pool.retired:
+            self.retire(pool)  # quiet now: swap out a pool that may hold orphans
+        elif pool.retired:
+            self._close_soon(pool)
+
+    def _close_soon(self, pool: _Pool) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop now: aclose() closes it
+        self._retired.discard(pool)
+        task = loop.create_task(pool.transport.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @property
+    def open(self) -> int:
+        """Pools built and not yet closed."""
+        return len(self._live) + len(self._retired) + len(self._closing)
+
+    def live_transports(self) -> list[httpx.AsyncBaseTransport]:
+        return [pool.transport for pool in self._live.values()]
+
+    async def aclose(self) -> None:
+        pools = [*self._live.values(), *self._retired]
+        self._live.clear()
+        self._retired.clear()
+        for pool in pools:
+            await pool.transport.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
