@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 import resilient_client as rc
-from resilient_client._upstream import upstream_process
+from resilient_client._upstream import UpstreamProcess
 
 ClientFactory = Callable[[], httpx.AsyncClient]
 
@@ -69,8 +69,8 @@ async def _measure(
 
 async def run(rounds: int, requests: int, concurrency: int) -> list[Sample]:
     samples: list[Sample] = []
-    with upstream_process(ports=1) as ports:
-        url = f"http://127.0.0.1:{ports[0]}/"
+    async with UpstreamProcess(ports=1) as upstream:
+        url = upstream.url(0)
         names = list(CLIENTS)
         for index in range(rounds):
             order = names if index % 2 == 0 else names[::-1]

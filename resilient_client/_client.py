@@ -60,12 +60,19 @@ class AsyncClient(httpx.AsyncClient):
 
     ``limits``, when given, sizes each dependency's own pool (unless its ``pool``
     settings say otherwise) instead of one pool shared by every host.
+
+    ``transport_factory`` replaces how each dependency's pool is built (it is
+    called with the dependency's name, its pool limits and the proxy httpx chose
+    for the route, or None); the default builds ``httpx.AsyncHTTPTransport``
+    from this client's TLS, HTTP/2 and environment settings. A ``transport=``
+    or ``mounts=`` transport is used as given instead, for the URLs it serves.
     """
 
     def __init__(
         self,
         *,
         settings: SettingsTypes = None,
+        transport_factory: TransportFactory | None = None,
         auth: AuthTypes | None = None,
         params: QueryParamTypes | None = None,
         headers: HeaderTypes | None = None,
@@ -101,8 +108,9 @@ class AsyncClient(httpx.AsyncClient):
             proxy=proxy,
             mounts=mounts,
             timeout=timeout,
+            # No limits here: httpx would size its one shared pool with them, and
+            # this client builds no such pool (see _pool_limits).
             follow_redirects=follow_redirects,
-            limits=limits if limits is not None else httpx.Limits(),
             max_redirects=max_redirects,
             event_hooks=event_hooks,
             base_url=base_url,
@@ -110,7 +118,7 @@ class AsyncClient(httpx.AsyncClient):
             trust_env=trust_env,
             default_encoding=default_encoding,
         )
-        self._transport_factory: TransportFactory = HTTPXTransportFactory(
+        self._transport_factory: TransportFactory = transport_factory or HTTPXTransportFactory(
             ssl_context=httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
             http1=http1,
             http2=http2,

@@ -56,7 +56,7 @@ class _DependencyError(ResilienceError):
     def _describe(self, dependency: str, reason: str) -> str:
         self.dependency = dependency
         self.reason = reason
-        return f"{type(self).__name__}: dependency {dependency!r}: {reason}"
+        return f"dependency {dependency!r}: {reason}"
 
 
 class BulkheadFullError(_DependencyError, httpx.TransportError):

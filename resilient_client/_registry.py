@@ -57,29 +57,35 @@ class DependencyRegistry:
         # Longest suffix first, and a suffix with a port before the same one without.
         wildcards.sort(key=lambda item: (-len(item[0]), item[1] is None))
         self._wildcards = wildcards
-        # (host, port) -> pipeline, most recently used last. Named pipelines are
-        # cached here too (cheap to re-resolve), default-policy ones live only here.
+        # (host, port) -> pipeline, most recently used last: default-policy hosts
+        # live only here. Hosts of named dependencies are remembered apart, so
+        # they never push a default-policy host's state out.
         self._recent: OrderedDict[tuple[str, int | None], DependencyPipeline] = OrderedDict()
+        self._named_hosts: OrderedDict[tuple[str, int | None], DependencyPipeline] = OrderedDict()
         self._retiring: set[DependencyPipeline] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
     def resolve(self, url: httpx.URL) -> DependencyPipeline:
         key = host_key(url)
-        pipeline = self._recent.get(key)
+        pipeline = self._recent.get(key) or self._named_hosts.get(key)
         if pipeline is not None:
-            self._recent.move_to_end(key)
+            (self._named_hosts if pipeline.named else self._recent).move_to_end(key)
             return pipeline
+        limit = self._settings.max_tracked_hosts
         pipeline = self._match_named(*key)
-        if pipeline is None:
-            host, port = key
-            name = host if port is None else f"{host}:{port}"
-            pipeline = self._build(name, self._settings.default, False)
+        if pipeline is not None:
+            self._named_hosts[key] = pipeline
+            if len(self._named_hosts) > limit:
+                self._named_hosts.popitem(last=False)  # only a lookup is forgotten
+            return pipeline
+        host, port = key
+        name = host if port is None else f"{host}:{port}"
+        pipeline = self._build(name, self._settings.default, False)
         self._recent[key] = pipeline
-        if len(self._recent) > self._settings.max_tracked_hosts:
+        if len(self._recent) > limit:
             _, evicted = self._recent.popitem(last=False)
-            if not evicted.named:
-                self._retiring.add(evicted)
-                evicted.retire(self._close_retired)
+            self._retiring.add(evicted)
+            evicted.retire(self._close_retired)
         return pipeline
 
     def _match_named(self, host: str, port: int | None) -> DependencyPipeline | None:
@@ -107,13 +113,13 @@ class DependencyRegistry:
     def pipelines(self) -> Iterator[DependencyPipeline]:
         """Every dependency with state now: the named ones, then tracked hosts."""
         yield from self._named.values()
-        yield from (p for p in self._recent.values() if not p.named)
+        yield from self._recent.values()
 
     async def aclose(self) -> None:
         """Close every pool every pipeline built, including dropped hosts' ones."""
-        owned = [*self._named.values(), *(p for p in self._recent.values() if not p.named)]
-        owned.extend(self._retiring)
+        owned = [*self._named.values(), *self._recent.values(), *self._retiring]
         self._recent.clear()
+        self._named_hosts.clear()
         self._retiring.clear()
         for pipeline in owned:
             await pipeline.aclose()

@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from ._exceptions import SettingsError
 
@@ -114,8 +115,9 @@ class BulkheadPolicy(_Section):
     """Bounded concurrency per dependency, with a bounded, time-limited queue."""
 
     max_concurrent: int = Field(50, ge=1)
-    max_queue: int = Field(100, ge=0)
-    queue_timeout: Seconds = 1.0
+    # The queue absorbs short bursts; a wait longer than this is overload, not a burst.
+    max_queue: int = Field(50, ge=0)
+    queue_timeout: Seconds = 0.25
 
 
 class RateLimitPolicy(_Section):
@@ -136,6 +138,19 @@ class PoolPolicy(_Section):
 
     max_connections: int | None = Field(None, ge=1)
     max_keepalive: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _keepalive_within_connections(self) -> Self:
+        if (
+            self.max_connections is not None
+            and self.max_keepalive is not None
+            and self.max_keepalive > self.max_connections
+        ):
+            raise ValueError(
+                f"max_keepalive ({self.max_keepalive}) must be <= "
+                f"max_connections ({self.max_connections})"
+            )
+        return self
 
 
 class DependencyPolicy(_Section):
@@ -233,6 +248,23 @@ def _restamp(model: DependencyPolicy, fields_set: set[str]) -> DependencyPolicy:
     return model
 
 
+_DEPENDENCY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _check_dependency_name(name: str) -> str:
+    # Environment variable names are matched case-insensitively (lower-cased), so a
+    # name with capitals could never be overridden from the environment.
+    if not _DEPENDENCY_NAME.match(name):
+        raise ValueError(
+            f"dependency name {name!r} must be lower-case letters, digits, '_' or '-' "
+            "(so that RESILIENT_CLIENT_DEPENDENCIES__<NAME>__... can address it)"
+        )
+    return name
+
+
+DependencyName = Annotated[str, AfterValidator(_check_dependency_name)]
+
+
 class ResilienceSettings(BaseSettings):
     """Resilience settings for one client: a default policy and named dependencies.
 
@@ -250,11 +282,11 @@ class ResilienceSettings(BaseSettings):
     )
 
     default: DependencyPolicy = DependencyPolicy()
-    dependencies: dict[str, DependencySettings] = {}
+    dependencies: dict[DependencyName, DependencySettings] = {}
     max_tracked_hosts: int = Field(1024, ge=1)
 
     @model_validator(mode="after")
-    def _hosts_unique(self) -> Self:
+    def _dependencies_consistent(self) -> Self:
         owner: dict[str, str] = {}
         for name, dependency in self.dependencies.items():
             for host in dependency.hosts:
@@ -264,6 +296,19 @@ class ResilienceSettings(BaseSettings):
                         f"{owner[host]!r} and {name!r}"
                     )
                 owner[host] = name
+            # Each part may be valid alone and the combination not (backoff_max
+            # from the dependency below backoff_base from default, say).
+            try:
+                DependencyPolicy.model_validate(self.policy_for(name).model_dump())
+            except ValidationError as exc:
+                reasons = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: "
+                    f"{str(e['msg']).removeprefix('Value error, ')}"
+                    for e in exc.errors()
+                )
+                raise ValueError(
+                    f"dependency {name!r} combined with default is invalid: {reasons}"
+                ) from None
         return self
 
     def policy_for(self, name: str) -> DependencyPolicy:
@@ -271,7 +316,9 @@ class ResilienceSettings(BaseSettings):
         return self.dependencies[name].policy().over(self.default)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> Self:
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, source: str = "settings given in code"
+    ) -> Self:
         """Validate a dict of the settings' shape; environment variables fill what it omits."""
         return _validate(cls, dict(data), source)
 
@@ -294,7 +341,7 @@ class ResilienceSettings(BaseSettings):
     @classmethod
     def from_environment(cls) -> Self:
         """Defaults, overridden by ``RESILIENT_CLIENT_*`` environment variables."""
-        return _validate(cls, {}, "environment")
+        return _validate(cls, {}, "the environment")
 
 
 _S = TypeVar("_S", bound="ResilienceSettings")
@@ -313,15 +360,39 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
 def _validate(cls: type[_S], data: dict[str, Any], source: str) -> _S:
     try:
         return cls(**data)
+    except PydanticSettingsError as exc:
+        # The environment could not even be parsed (a list or dict that is not JSON).
+        raise SettingsError(
+            f"invalid resilience setting in the environment: {exc} "
+            "(list and dict values are written as JSON, e.g. '[\"a.internal\"]')",
+            [],
+        ) from None
     except ValidationError as exc:
         problems = [_problem(error) for error in exc.errors()]
         lines = "\n".join(
-            f"  {path}: {message} (got {value!r})" for path, message, value in problems
+            f"  {path}: {message} (got {value!r}){_origin(path, data)}"
+            for path, message, value in problems
         )
         plural = "s" if len(problems) != 1 else ""
         raise SettingsError(
             f"invalid resilience setting{plural} in {source}:\n{lines}", problems
         ) from None
+
+
+def _origin(path: str, data: Mapping[str, Any]) -> str:
+    """Where a bad value came from, when it was not the source being loaded."""
+    node: Any = data
+    parts = path.split(".")
+    for part in parts:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list):
+            return ""  # inside a list given by the source itself
+        else:
+            # Not in what the source gave: it came from the environment.
+            keys = [p for p in parts if not p.isdigit()]
+            return f" [from {ENV_PREFIX}{ENV_NESTED_DELIMITER.join(keys).upper()}]"
+    return ""
 
 
 def _problem(error: Any) -> tuple[str, str, object]:

@@ -5,8 +5,9 @@ call: a server that drips a byte per second keeps a 5 s read timeout alive
 forever. This module bounds a call by its absolute deadline in two ways:
 
 1. Each attempt's httpx timeouts (connect, read, write, pool) are shrunk to the
-   time left, so a hanging server or a full pool ends in httpx's own timeout,
-   exactly at the deadline, without cancelling anything inside the transport.
+   time left *when the transport reads them* (:class:`LiveTimeouts`), so a
+   hanging server or a full pool ends in httpx's own timeout, exactly at the
+   deadline, without cancelling anything inside the transport.
    (Cancelling a request inside httpcore's pool can leak its connection slot:
    httpcore #1093. A timeout that httpcore raises itself cannot.)
 2. A cancel scope at the deadline backs that up for what per-phase timeouts
@@ -22,7 +23,7 @@ attempt and a later retry may still succeed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
 
@@ -30,11 +31,12 @@ from ._deadline import current_deadline, monotonic
 from ._exceptions import DeadlineExceededError
 from ._settings import TimeoutPolicy
 
-__all__ = ["DeadlineBody", "TimeoutStrategy"]
+__all__ = ["DeadlineBody", "LiveTimeouts", "TimeoutStrategy"]
 
 # The backstop fires this long after the deadline, so that where the transport
-# honours the shrunk timeouts (httpx's does) its own timeout always wins the race.
-BACKSTOP_GRACE = 0.005
+# honours the shrunk timeouts (httpx's does) its own timeout wins the race even
+# on a busy event loop; cancelling inside httpcore is what can leak pool slots.
+BACKSTOP_GRACE = 0.02
 # A timer can fire a hair before the instant it was set for; treat as "at the deadline".
 _CLOCK_SLACK = 0.002
 
@@ -49,16 +51,18 @@ class TimeoutStrategy:
         self._policy = policy
 
     def call_deadline(self) -> float | None:
-        """The deadline a call starting now must meet.
+        """The deadline a request to this dependency starting now must meet.
 
-        The client opens a scope with ``timeout.total`` around the whole logical
-        call (auth, redirects, body); used as a transport on its own, the
-        pipeline applies ``timeout.total`` from here.
+        The client opens a scope with the first dependency's ``timeout.total``
+        around the whole logical call (auth, redirects, body). Each request also
+        keeps its own dependency's ``timeout.total`` from now: a redirect to a
+        dependency with a shorter budget gets that shorter budget.
         """
         in_force = current_deadline()
-        if in_force is not None or self._policy.total is None:
+        if self._policy.total is None:
             return in_force
-        return monotonic() + self._policy.total
+        own = monotonic() + self._policy.total
+        return own if in_force is None or own < in_force else in_force
 
     def expired_error(self, request: httpx.Request, where: str) -> DeadlineExceededError:
         return DeadlineExceededError(
@@ -79,15 +83,20 @@ class TimeoutStrategy:
             attempt_end = now + self._policy.attempt
             if limit is None or attempt_end < limit:
                 limit, attempt_bound = attempt_end, True
+        if limit is not None and limit <= now:
+            raise self.expired_error(request, "before the attempt could start")
+        configured = request.extensions.get("timeout") or {}
+        if isinstance(configured, LiveTimeouts):
+            configured = configured.configured  # a redirect carries the last hop's bounds
+        request.extensions = {
+            **request.extensions,
+            "timeout": LiveTimeouts(configured, limit, self._policy.connect),
+        }
         if limit is None:
             return await send(request)
-        left = limit - now
-        if left <= 0:
-            raise self.expired_error(request, "before the attempt could start")
-        request.extensions = {**request.extensions, "timeout": self._shrunk(request, left)}
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(loop.time() + left + BACKSTOP_GRACE) as backstop:
+            async with asyncio.timeout_at(loop.time() + (limit - now) + BACKSTOP_GRACE) as backstop:
                 return await send(request)
         except TimeoutError:
             if not backstop.expired():
@@ -106,16 +115,43 @@ class TimeoutStrategy:
                 ) from exc
             raise
 
-    def _shrunk(self, request: httpx.Request, left: float) -> dict[str, float | None]:
-        configured = request.extensions.get("timeout") or {}
-        shrunk: dict[str, float | None] = {}
-        for phase in _PHASES:
-            value = configured.get(phase)
-            bound = left
-            if phase == "connect" and self._policy.connect is not None:
-                bound = min(bound, self._policy.connect)
-            shrunk[phase] = bound if value is None else min(value, bound)
-        return shrunk
+
+class LiveTimeouts(dict[str, float | None]):
+    """httpx's ``timeout`` extension, each phase worked out when the transport asks for it.
+
+    A transport reads a phase's timeout as that phase starts: httpcore reads
+    ``read`` after connecting and writing, and again before the body. A value
+    fixed when the attempt started would let a read run past the deadline by
+    the time connecting took; here every ``get()`` gives the smaller of the
+    caller's own value and the time left until ``limit`` (and ``timeout.connect``
+    for ``connect``). The dict's stored items are those values at the start of
+    the attempt, for transports that copy it instead.
+    """
+
+    __slots__ = ("_connect_cap", "_limit", "configured")
+
+    def __init__(
+        self, configured: Mapping[str, float | None], limit: float | None, connect_cap: float | None
+    ) -> None:
+        self.configured = configured
+        self._limit = limit
+        self._connect_cap = connect_cap
+        super().__init__({phase: self._value(phase) for phase in _PHASES})
+
+    def _value(self, phase: str) -> float | None:
+        value = self.configured.get(phase)
+        bounds = [] if value is None else [value]
+        if self._limit is not None:
+            bounds.append(max(0.0, self._limit - monotonic()))
+        if phase == "connect" and self._connect_cap is not None:
+            bounds.append(self._connect_cap)
+        return min(bounds) if bounds else None
+
+    def get(self, phase: str, default: float | None = None) -> float | None:  # type: ignore[override]
+        return self._value(phase) if phase in _PHASES else super().get(phase, default)
+
+    def __getitem__(self, phase: str) -> float | None:
+        return self._value(phase) if phase in _PHASES else super().__getitem__(phase)
 
 
 class DeadlineBody(httpx.AsyncByteStream):

@@ -8,6 +8,7 @@ server can play a healthy host, a slow one and a broken one at once:
 ``status=N``       answer with status N (default 200)
 ``hang=1``         read the request, never answer
 ``drip=S``         send the headers, then the body one byte every S seconds
+``drip_head=S``    send the status line and headers one byte every S seconds
 ``size=N``         body of N bytes (default 2)
 ``reset=1``        close the connection without answering
 ``retry_after=V``  add a ``Retry-After: V`` header
@@ -18,7 +19,7 @@ It counts requests per port and keeps the headers of the most recent ones, so
 tests and benchmarks measure load at the server. Only 127.0.0.1 is ever bound.
 
 Run it in a thread of this process (:class:`UpstreamThread`) for functional
-tests, or as its own process (:func:`upstream_process`) wherever latency or CPU
+tests, or as its own process (:class:`UpstreamProcess`) wherever latency or CPU
 is measured: a server thread shares the client's GIL, and every hand-over
 between the two can cost a GIL switch interval (5 ms). As a process,
 ``python -m resilient_client._upstream --ports 2`` prints one JSON line with the
@@ -31,15 +32,15 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import threading
 from collections import Counter, deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
 from urllib.parse import parse_qsl
 
-__all__ = ["RecordedRequest", "Upstream", "UpstreamThread", "upstream_process"]
+__all__ = ["RecordedRequest", "Upstream", "UpstreamProcess", "UpstreamThread"]
 
 HOST = "127.0.0.1"
 _MAX_HEAD = 64 * 1024
@@ -148,10 +149,18 @@ class Upstream:
             if key in options
         )
         reason = _REASONS.get(status, "Status")
-        writer.write(
+        head = (
             f"HTTP/1.1 {status} {reason}\r\nContent-Length: {size}\r\n"
             f"Content-Type: text/plain\r\n{extra}\r\n".encode("latin-1")
         )
+        if "drip_head" in options:
+            interval = float(options["drip_head"])
+            for index in range(len(head)):
+                writer.write(head[index : index + 1])
+                await writer.drain()
+                await asyncio.sleep(interval)
+        else:
+            writer.write(head)
         if "drip" in options:
             interval = float(options["drip"])
             for _ in range(size):
@@ -204,36 +213,109 @@ class UpstreamThread:
         self._loop.close()
 
 
-@contextlib.contextmanager
-def upstream_process(ports: int = 1, *, start_timeout: float = 20.0) -> Iterator[list[int]]:
-    """Run the upstream as its own process; yields its ports; always stops it by its PID."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "resilient_client._upstream", "--ports", str(ports)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        ready = threading.Timer(start_timeout, process.kill)  # never wait forever for it
-        ready.start()
+class UpstreamProcess:
+    """``python -m resilient_client._upstream`` in a process of its own, on 127.0.0.1.
+
+    A process rather than a thread, so that the server never competes with the
+    client under test for the same interpreter lock. Use as ``async with``: it is
+    stopped on the way out whatever happened inside.
+    """
+
+    def __init__(
+        self, ports: int = 2, *, start_timeout: float = 15.0, stop_timeout: float = 5.0
+    ) -> None:
+        if ports < 1:
+            raise ValueError(f"ports must be >= 1, got {ports}")
+        self._count = ports
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._process: asyncio.subprocess.Process | None = None
+        self.ports: list[int] = []
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has ended (None while it runs or before start)."""
+        return None if self._process is None else self._process.returncode
+
+    def url(self, index: int = 0, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.ports[index]}{path}"
+
+    async def start(self) -> None:
+        if self._process is not None:
+            raise RuntimeError("the upstream process was already started")
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "resilient_client._upstream",
+            "--ports",
+            str(self._count),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            # Out of the terminal's process group: Ctrl-C interrupts the demo, which then
+            # stops the upstream itself, instead of the upstream dying with a traceback.
+            start_new_session=True,
+        )
         try:
-            line = process.stdout.readline()
-        finally:
-            ready.cancel()
+            self.ports = await asyncio.wait_for(self._read_ports(), self._start_timeout)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _read_ports(self) -> list[int]:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        line = await self._process.stdout.readline()
         if not line:
-            raise RuntimeError(f"the upstream process exited early ({process.poll()})")
-        yield list(json.loads(line)["ports"])
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()  # asks it to stop
+            code = await self._process.wait()
+            raise RuntimeError(f"the upstream process exited (code {code}) before listening")
         try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        if process.stdout is not None:
-            process.stdout.close()
+            ports = json.loads(line)["ports"]
+        except (ValueError, KeyError, TypeError):
+            ports = None
+        if (
+            not isinstance(ports, list)
+            or len(ports) != self._count
+            or not all(isinstance(port, int) for port in ports)
+        ):
+            raise RuntimeError(f"the upstream process announced no usable ports: {line!r}")
+        return ports
+
+    async def stop(self) -> None:
+        """Close its stdin (its signal to stop), then terminate and kill it if it lingers."""
+        process = self._process
+        if process is None:
+            return
+        # Closed even when the process is gone already: an open pipe keeps its transport alive.
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+        if process.returncode is not None:
+            return
+        for escalate in (process.terminate, process.kill):
+            try:
+                await asyncio.wait_for(process.wait(), self._stop_timeout)
+                return
+            except TimeoutError:
+                # It may have exited between the timeout and the signal.
+                with contextlib.suppress(ProcessLookupError):
+                    escalate()
+        # SIGKILL cannot be ignored; the bound only guards against a stuck wait().
+        await asyncio.wait_for(process.wait(), self._stop_timeout)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
 
 async def _serve_until_stdin_closes(count: int) -> None:

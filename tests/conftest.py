@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from resilient_client._upstream import Upstream, UpstreamThread, upstream_process
+from resilient_client._upstream import Upstream, UpstreamProcess, UpstreamThread
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
     # asyncio is the supported event loop (see docs/architecture.md).
     return "asyncio"
@@ -26,15 +26,15 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="session")
-def upstream_ports() -> Iterator[list[int]]:
+async def upstream_ports() -> AsyncIterator[list[int]]:
     """Two ports of an upstream in its own process, for tests that measure latency.
 
     A server thread would share the client's GIL and add its switch interval to
     every hand-over; a process does not. Shared by the session: don't count on
     its request counters.
     """
-    with upstream_process(ports=2) as ports:
-        yield ports
+    async with UpstreamProcess(ports=2) as server:
+        yield server.ports
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import resilient_client as rc
 from resilient_client._deadline import current_deadline
+from resilient_client._timeout import LiveTimeouts
 from resilient_client._upstream import Upstream
 
 pytestmark = pytest.mark.anyio
@@ -151,3 +152,62 @@ async def test_redirects_share_one_budget(upstream: Upstream) -> None:
             await client.get(first_hop)
         assert 0.4 - 0.005 <= time.monotonic() - start <= 0.4 + TOLERANCE
     assert upstream.received[upstream.ports[1]] == 1
+
+
+async def test_deadline_is_kept_for_a_server_that_drips_its_headers(upstream: Upstream) -> None:
+    # Headers arriving a byte at a time defeat per-read timeouts before the body
+    # is even reached; the backstop at the deadline ends the call.
+    async with rc.AsyncClient() as client:
+        elapsed = await _elapsed_until_error(
+            client, upstream.url(0, "/?drip_head=0.02"), rc.DeadlineExceededError, 0.3
+        )
+    assert 0.3 - 0.005 <= elapsed <= 0.3 + TOLERANCE
+
+
+async def test_a_hanging_server_ends_in_httpxs_own_timeout_not_a_cancellation(
+    upstream: Upstream,
+) -> None:
+    # The read timeout is worked out when the read starts, so it ends exactly at
+    # the deadline and nothing inside the pool is cancelled (which could leak
+    # a slot and would make the pool be replaced).
+    async with rc.AsyncClient() as client:
+        for _ in range(5):
+            with rc.deadline(0.1), pytest.raises(rc.DeadlineExceededError) as caught:
+                await client.get(upstream.url(0, "/?hang=1"))
+            assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+        settings = {"default": {"timeout": {"attempt": 0.1}}}
+    async with rc.AsyncClient(settings=settings) as client:
+        for _ in range(5):
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(upstream.url(0, "/?hang=1"))
+        health = client.health()[f"127.0.0.1:{upstream.ports[0]}"]
+    assert health["pool"]["replaced"] == 0
+
+
+def test_each_phase_timeout_is_the_time_left_when_the_transport_reads_it() -> None:
+    limit = time.monotonic() + 1.0
+    timeouts = LiveTimeouts({"connect": 5.0, "read": 0.5, "write": None}, limit, 0.2)
+    assert timeouts.get("connect") == 0.2
+    assert timeouts.get("read") == 0.5
+    write = timeouts["write"]
+    assert write is not None
+    assert 0.9 < write <= 1.0
+    assert dict(timeouts)["write"] == pytest.approx(1.0, abs=0.05)  # what a copy sees
+    expired = LiveTimeouts({}, time.monotonic() - 1, None)
+    assert expired.get("read") == 0.0
+    unbounded = LiveTimeouts({"read": None}, None, 0.3)
+    assert unbounded.get("read") is None
+    assert unbounded.get("connect") == 0.3
+
+
+async def test_timeout_connect_applies_without_any_deadline() -> None:
+    seen: list[object] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"].get("connect"))
+        return httpx.Response(200)
+
+    settings = {"default": {"timeout": {"total": None, "attempt": None, "connect": 0.2}}}
+    async with rc.AsyncClient(settings=settings, transport=httpx.MockTransport(handler)) as client:
+        await client.get("http://service.example/")
+    assert seen == [0.2]

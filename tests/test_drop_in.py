@@ -170,3 +170,20 @@ async def test_closing_the_client_closes_every_dependency_pool(upstream: Upstrea
     assert not any(p.has_pools for p in pipelines)
     with pytest.raises(RuntimeError, match="closed"):
         await client.get(upstream.url(0))
+
+
+async def test_a_transport_factory_builds_each_dependencys_pool(upstream: Upstream) -> None:
+    built: list[tuple[str, int | None]] = []
+
+    def factory(
+        dependency: str, limits: httpx.Limits, proxy: httpx.Proxy | None
+    ) -> httpx.AsyncBaseTransport:
+        built.append((dependency, limits.max_connections))
+        return httpx.AsyncHTTPTransport(limits=limits)
+
+    settings = {"dependencies": {"primary": {"hosts": [f"127.0.0.1:{upstream.ports[0]}"]}}}
+    async with rc.AsyncClient(settings=settings, transport_factory=factory) as client:
+        for _ in range(3):
+            await client.get(upstream.url(0))
+            await client.get(upstream.url(1))
+    assert built == [("primary", 100), (f"127.0.0.1:{upstream.ports[1]}", 100)]

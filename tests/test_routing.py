@@ -120,3 +120,28 @@ async def test_named_dependencies_are_never_evicted(upstream: Upstream) -> None:
             pipeline_of(client, f"http://other-{index}.example/")
         assert pipeline_of(client, upstream.url(0)) is primary
         assert "primary" in client.health()
+
+
+def test_hosts_of_named_dependencies_do_not_push_out_default_hosts() -> None:
+    settings = {"max_tracked_hosts": 3, "dependencies": {"pay": {"hosts": ["*.pay.internal"]}}}
+    client = rc.AsyncClient(settings=settings)
+    defaults = [pipeline_of(client, f"http://host-{i}.example/") for i in range(3)]
+    for index in range(10):
+        assert pipeline_of(client, f"http://shard-{index}.pay.internal/").name == "pay"
+    assert [pipeline_of(client, f"http://host-{i}.example/") for i in range(3)] == defaults
+
+
+async def test_a_redirect_keeps_the_shorter_budget_of_the_dependency_it_reaches(
+    upstream: Upstream,
+) -> None:
+    target = upstream.url(1, "/?delay=0.5")
+    settings = {
+        "default": {"timeout": {"total": 5.0}},
+        "dependencies": {
+            "strict": {"hosts": [f"127.0.0.1:{upstream.ports[1]}"], "timeout": {"total": 0.2}}
+        },
+    }
+    async with rc.AsyncClient(settings=settings, follow_redirects=True) as client:
+        with pytest.raises(rc.DeadlineExceededError) as caught:
+            await client.get(upstream.url(0, f"/?status=302&size=0&location={target}"))
+    assert caught.value.dependency == "strict"

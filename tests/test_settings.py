@@ -213,3 +213,42 @@ def test_policies_are_immutable() -> None:
     policy = rc.TimeoutPolicy()
     with pytest.raises(ValueError, match="frozen"):
         policy.total = 1.0  # type: ignore[misc]
+
+
+def test_a_dependency_and_default_must_be_valid_together() -> None:
+    with pytest.raises(rc.SettingsError, match="'pay' combined with default is invalid"):
+        rc.ResilienceSettings.from_mapping(
+            {
+                "default": {"retry": {"backoff_base": 1.0}},
+                "dependencies": {"pay": {"hosts": ["pay.internal"], "retry": {"backoff_max": 0.5}}},
+            }
+        )
+
+
+def test_dependency_names_are_lower_case_so_the_environment_can_address_them() -> None:
+    with pytest.raises(rc.SettingsError, match="'Payments' must be lower-case"):
+        rc.ResilienceSettings.from_mapping(
+            {"dependencies": {"Payments": {"hosts": ["p.internal"]}}}
+        )
+
+
+def test_keepalive_cannot_exceed_connections() -> None:
+    with pytest.raises(rc.SettingsError, match=r"max_keepalive \(5\) must be <= max_connections"):
+        rc.ResilienceSettings.from_mapping(
+            {"default": {"pool": {"max_connections": 2, "max_keepalive": 5}}}
+        )
+
+
+def test_an_environment_value_that_is_not_json_gives_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESILIENT_CLIENT_DEPENDENCIES__SEARCH__HOSTS", "search.internal")
+    with pytest.raises(rc.SettingsError, match="written as JSON"):
+        rc.ResilienceSettings.from_environment()
+
+
+def test_a_bad_value_from_the_environment_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESILIENT_CLIENT_DEFAULT__TIMEOUT__CONNECT", "-2")
+    with pytest.raises(rc.SettingsError) as caught:
+        rc.ResilienceSettings.from_mapping({"default": {"timeout": {"total": 2.0}}})
+    assert "[from RESILIENT_CLIENT_DEFAULT__TIMEOUT__CONNECT]" in str(caught.value)
