@@ -90,7 +90,8 @@ resilient_client.AsyncClient(), both with their defaults:
   1. --slow-callers callers each send one request to the slow host, which answers after
      --slow-delay seconds;
   2. a quarter of a second later, --healthy-callers callers send requests to the healthy host,
-     one after another, for --duration seconds (and --max-healthy-requests in all at most).
+     one after another with --think-time between, for --duration seconds (and
+     --max-healthy-requests in all at most).
 
 Prints a side-by-side table: for the healthy host, requests, errors by type and p50/p99/max
 latency; for the slow host, how many calls succeeded, failed fast with BulkheadFullError or
@@ -135,6 +136,13 @@ def _add_demo(subparsers: Subparsers) -> None:
         help="how long the healthy callers keep sending, at most 60 (default: %(default)s)",
     )
     parser.add_argument(
+        "--think-time",
+        type=_seconds_up_to(10),
+        default=0.02,
+        metavar="SECONDS",
+        help="pause between one healthy caller's requests, at most 10 (default: %(default)s)",
+    )
+    parser.add_argument(
         "--slow-delay",
         type=_seconds_up_to(30),
         default=2.0,
@@ -166,6 +174,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         healthy_callers=args.healthy_callers,
         duration=args.duration,
         slow_delay=args.slow_delay,
+        think_time=args.think_time,
         max_healthy_requests=args.max_healthy_requests,
     )
     started = time.perf_counter()

@@ -125,6 +125,7 @@ class AsyncClient(httpx.AsyncClient):
             trust_env=trust_env,
         )
         self._registry = DependencyRegistry(self._resilience_settings, self._build_pipeline)
+        self._last_resolved: tuple[httpx.URL, DependencyPipeline] | None = None
 
     @property
     def resilience_settings(self) -> ResilienceSettings:
@@ -158,6 +159,10 @@ class AsyncClient(httpx.AsyncClient):
         return Route(proxy=proxy)
 
     def _transport_for_url(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        # send() resolved this very URL object a moment ago, in the common case.
+        resolved = self._last_resolved
+        if resolved is not None and resolved[0] is url and not resolved[1].retired:
+            return resolved[1]
         return self._registry.resolve(url)
 
     def _route_for(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
@@ -212,7 +217,9 @@ class AsyncClient(httpx.AsyncClient):
         The budget covers redirects, auth round trips and (unless ``stream``)
         reading the body; a streamed body must be read within it too.
         """
-        total = self._registry.resolve(request.url).policy.timeout.total
+        pipeline = self._registry.resolve(request.url)
+        self._last_resolved = (request.url, pipeline)
+        total = pipeline.policy.timeout.total
         token = push_deadline(None if total is None else monotonic() + total)
         try:
             return await super().send(

@@ -144,6 +144,10 @@ class SlowDependencyScenario:
     healthy_callers: int = 10
     duration: float = 3.0
     slow_delay: float = 2.0
+    # Pause between one caller's healthy requests. A caller with no pause at all
+    # would measure how fast one CPU can go (a request costs the client about a
+    # millisecond of CPU here), not whether the slow host holds the healthy one up.
+    think_time: float = 0.02
     # Long enough for every slow call to have been sent (or queued) before the healthy ones.
     head_start: float = 0.25
     # Bounds the healthy loops by count as well as time, whatever the machine's speed.
@@ -218,9 +222,11 @@ async def _healthy_loop(
     recorder: LatencyRecorder,
     stop_at: float,
     budget: RequestBudget,
+    think_time: float,
 ) -> None:
     while time.perf_counter() < stop_at and budget.take():
         await timed_get(client, url, recorder)
+        await asyncio.sleep(think_time)
 
 
 async def run_scenario(
@@ -246,7 +252,9 @@ async def run_scenario(
             budget = RequestBudget(scenario.max_healthy_requests)
             for _ in range(scenario.healthy_callers):
                 group.create_task(
-                    _healthy_loop(client, healthy_url, result.healthy, stop_at, budget)
+                    _healthy_loop(
+                        client, healthy_url, result.healthy, stop_at, budget, scenario.think_time
+                    )
                 )
     except TimeoutError:
         result.timed_out = True

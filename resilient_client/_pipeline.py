@@ -112,6 +112,11 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         return self._pools.open > 0
 
     @property
+    def retired(self) -> bool:
+        """Dropped from the registry: it only finishes the calls it has."""
+        return self._retired
+
+    @property
     def idle(self) -> bool:
         return self._bulkhead.in_flight == 0 and self._bulkhead.queued == 0
 

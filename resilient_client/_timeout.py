@@ -23,7 +23,8 @@ attempt and a later retry may still succeed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -31,7 +32,15 @@ from ._deadline import current_deadline, monotonic
 from ._exceptions import DeadlineExceededError
 from ._settings import TimeoutPolicy
 
-__all__ = ["DeadlineBody", "LiveTimeouts", "TimeoutStrategy"]
+__all__ = [
+    "DeadlineBody",
+    "Expired",
+    "LiveTimeouts",
+    "TimeoutStrategy",
+    "Watchdog",
+]
+
+_T = TypeVar("_T")
 
 # The backstop fires this long after the deadline, so that where the transport
 # honours the shrunk timeouts (httpx's does) its own timeout wins the race even
@@ -90,17 +99,14 @@ class TimeoutStrategy:
             configured = configured.configured  # a redirect carries the last hop's bounds
         request.extensions = {
             **request.extensions,
-            "timeout": LiveTimeouts(configured, limit, self._policy.connect),
+            "timeout": LiveTimeouts(configured, limit, self._policy.connect, now),
         }
         if limit is None:
             return await send(request)
-        loop = asyncio.get_running_loop()
+        backstop = Watchdog(limit + BACKSTOP_GRACE, now)
         try:
-            async with asyncio.timeout_at(loop.time() + (limit - now) + BACKSTOP_GRACE) as backstop:
-                return await send(request)
-        except TimeoutError:
-            if not backstop.expired():
-                raise
+            return await backstop.guard(send(request))
+        except Expired:
             if attempt_bound:
                 raise httpx.TimeoutException(
                     f"attempt exceeded timeout.attempt={self._policy.attempt}s "
@@ -114,6 +120,65 @@ class TimeoutStrategy:
                     request, f"while waiting for the response ({type(exc).__name__})"
                 ) from exc
             raise
+        finally:
+            backstop.disarm()
+
+
+class Expired(Exception):
+    """A :class:`Watchdog` ended the awaited operation at its deadline."""
+
+
+class Watchdog:
+    """One timer that cancels the task while it awaits a guarded operation.
+
+    What ``asyncio.timeout`` does, shaped for this hot path: one timer serves
+    every read of a body (``asyncio.timeout`` would need one per read, the
+    last empty read included), and guarding an await costs no objects. The
+    task's cancellation count is kept as ``asyncio.timeout`` keeps it, so an
+    outer cancel scope or TaskGroup still sees its own cancellations.
+    """
+
+    __slots__ = ("_fired", "_handle", "_task")
+
+    def __init__(self, when: float, now: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "resilient_client.AsyncClient runs on asyncio only (trio is not supported)"
+            ) from None
+        self._task: asyncio.Task[Any] | None = None
+        self._fired = False
+        # Deadlines are on time.monotonic(); the loop's clock may have another origin.
+        self._handle = loop.call_at(loop.time() + (when - now), self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def guard(self, operation: Awaitable[_T]) -> _T:
+        """Await ``operation``; raise :class:`Expired` if the timer cancelled it."""
+        if self._fired:
+            if isinstance(operation, Coroutine):
+                operation.close()  # never started: don't warn about it
+            raise Expired
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._task = task
+        try:
+            return await operation
+        except asyncio.CancelledError:
+            # Ours only if the timer fired and no one else cancelled the task too.
+            if self._fired and task.uncancel() <= cancelling:
+                raise Expired from None
+            raise
+        finally:
+            self._task = None
+
+    def disarm(self) -> None:
+        self._handle.cancel()
 
 
 class LiveTimeouts(dict[str, float | None]):
@@ -131,27 +196,40 @@ class LiveTimeouts(dict[str, float | None]):
     __slots__ = ("_connect_cap", "_limit", "configured")
 
     def __init__(
-        self, configured: Mapping[str, float | None], limit: float | None, connect_cap: float | None
+        self,
+        configured: Mapping[str, float | None],
+        limit: float | None,
+        connect_cap: float | None,
+        now: float,
     ) -> None:
         self.configured = configured
         self._limit = limit
         self._connect_cap = connect_cap
-        super().__init__({phase: self._value(phase) for phase in _PHASES})
+        left = None if limit is None else max(0.0, limit - now)
+        super().__init__(
+            connect=_smallest(_smallest(configured.get("connect"), left), connect_cap),
+            read=_smallest(configured.get("read"), left),
+            write=_smallest(configured.get("write"), left),
+            pool=_smallest(configured.get("pool"), left),
+        )
 
     def _value(self, phase: str) -> float | None:
-        value = self.configured.get(phase)
-        bounds = [] if value is None else [value]
-        if self._limit is not None:
-            bounds.append(max(0.0, self._limit - monotonic()))
-        if phase == "connect" and self._connect_cap is not None:
-            bounds.append(self._connect_cap)
-        return min(bounds) if bounds else None
+        limit = self._limit
+        left = None if limit is None else max(0.0, limit - monotonic())
+        value = _smallest(self.configured.get(phase), left)
+        return _smallest(value, self._connect_cap) if phase == "connect" else value
 
     def get(self, phase: str, default: float | None = None) -> float | None:  # type: ignore[override]
         return self._value(phase) if phase in _PHASES else super().get(phase, default)
 
     def __getitem__(self, phase: str) -> float | None:
         return self._value(phase) if phase in _PHASES else super().__getitem__(phase)
+
+
+def _smallest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None or a < b else b
 
 
 class DeadlineBody(httpx.AsyncByteStream):
@@ -176,6 +254,7 @@ class DeadlineBody(httpx.AsyncByteStream):
         self._on_close: Callable[[], None] | None = on_close
         self._strategy = strategy
         self._request = request
+        self._watchdog: Watchdog | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         deadline = self._deadline
@@ -183,32 +262,34 @@ class DeadlineBody(httpx.AsyncByteStream):
             async for chunk in self._inner:
                 yield chunk
             return
+        now = monotonic()
+        if now >= deadline:
+            raise self._strategy.expired_error(self._request, "while reading the body")
+        watchdog = self._watchdog = Watchdog(deadline, now)
         chunks = aiter(self._inner)
-        loop = asyncio.get_running_loop()
-        while True:
-            left = deadline - monotonic()
-            if left <= 0:
-                raise self._strategy.expired_error(self._request, "while reading the body")
-            try:
-                async with asyncio.timeout_at(loop.time() + left) as scope:
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                if not scope.expired():
-                    raise
-                raise self._strategy.expired_error(
-                    self._request, "while reading the body"
-                ) from None
-            except httpx.TimeoutException as exc:
-                if monotonic() >= deadline - _CLOCK_SLACK:
+        try:
+            while True:
+                try:
+                    chunk = await watchdog.guard(anext(chunks))
+                except StopAsyncIteration:
+                    return
+                except Expired:
                     raise self._strategy.expired_error(
-                        self._request, f"while reading the body ({type(exc).__name__})"
-                    ) from exc
-                raise
-            yield chunk
+                        self._request, "while reading the body"
+                    ) from None
+                except httpx.TimeoutException as exc:
+                    if monotonic() >= deadline - _CLOCK_SLACK:
+                        raise self._strategy.expired_error(
+                            self._request, f"while reading the body ({type(exc).__name__})"
+                        ) from exc
+                    raise
+                yield chunk
+        finally:
+            watchdog.disarm()
 
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.disarm()
         try:
             await self._inner.aclose()
         finally:

@@ -13,19 +13,18 @@ def pipeline_of(client: AsyncClient, url: str) -> DependencyPipeline:
     return client._registry.resolve(httpx.URL(url))
 
 
-def pool_is_idle(pipeline: DependencyPipeline) -> bool:
-    """No request is active or queued in any of the dependency's httpcore pools.
+def busy_connections(pipeline: DependencyPipeline) -> list[str]:
+    """What is active or queued in the dependency's live httpcore pools; [] when idle.
 
     Looks inside httpcore on purpose: it proves no connection slot leaked.
     """
+    busy: list[str] = []
     for transport in pipeline._pools.live_transports():
         assert isinstance(transport, httpx.AsyncHTTPTransport)
         pool = transport._pool
-        if pool._requests:
-            return False
-        if any(not (c.is_idle() or c.is_closed()) for c in pool.connections):
-            return False
-    return True
+        busy.extend(f"queued request {r!r}" for r in pool._requests)
+        busy.extend(repr(c) for c in pool.connections if not (c.is_idle() or c.is_closed()))
+    return busy
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -14,7 +14,7 @@ import resilient_client as rc
 from resilient_client._bulkhead import Bulkhead
 from resilient_client._upstream import Upstream
 
-from ._helpers import percentile, pipeline_of, pool_is_idle
+from ._helpers import busy_connections, percentile, pipeline_of
 
 pytestmark = pytest.mark.anyio
 
@@ -107,7 +107,7 @@ async def _assert_idle_and_healthy(client: rc.AsyncClient, url: str) -> None:
     pipeline = pipeline_of(client, url)
     assert pipeline.health()["in_flight"] == 0
     assert pipeline.health()["queued"] == 0
-    assert pool_is_idle(pipeline)
+    assert busy_connections(pipeline) == []
     # Healthy calls succeed at once: no slot was leaked, nothing waits for a connection.
     concurrency = pipeline.policy.bulkhead.max_concurrent
     with rc.deadline(2.0):
@@ -183,7 +183,7 @@ async def test_a_pool_that_lost_slots_is_replaced(
         # Storms like these orphan slots of a pool this small; each suspected loss
         # (a pool timeout with no more calls in flight than slots) swaps the pool.
         assert pipeline.health()["pool"]["replaced"] >= 1
-        assert pool_is_idle(pipeline)
+        assert busy_connections(pipeline) == []
 
 
 async def _expire_after(client: rc.AsyncClient, url: str, seconds: float) -> None:
@@ -210,9 +210,11 @@ async def test_slow_dependency_does_not_hurt_a_healthy_one(upstream_ports: list[
                 except httpx.HTTPError as exc:
                     errors.append(exc)
                 latencies.append(time.monotonic() - start)
-                await asyncio.sleep(0.005)
+                # Think time: a load the client's one CPU can carry (a request costs
+                # it about a millisecond here), so what is measured is isolation.
+                await asyncio.sleep(0.02)
 
-        await asyncio.gather(*(healthy_caller() for _ in range(10)))
+        await asyncio.gather(*(healthy_caller() for _ in range(5)))
         slow_outcomes = await asyncio.gather(*slow_calls, return_exceptions=True)
     assert errors == []
     assert len(latencies) > 100

@@ -20,10 +20,9 @@ from resilient_client._demo import (
     LatencyRecorder,
     RunResult,
     SlowDependencyScenario,
-    UpstreamProcess,
     run_scenario,
 )
-from resilient_client._upstream import Upstream
+from resilient_client._upstream import Upstream, UpstreamProcess
 
 # Generous: a bare interpreter start imports httpx and pydantic, and the machine is shared.
 SUBPROCESS_TIMEOUT = 60

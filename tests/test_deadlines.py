@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from urllib.parse import quote
 
@@ -185,17 +186,17 @@ async def test_a_hanging_server_ends_in_httpxs_own_timeout_not_a_cancellation(
 
 
 def test_each_phase_timeout_is_the_time_left_when_the_transport_reads_it() -> None:
-    limit = time.monotonic() + 1.0
-    timeouts = LiveTimeouts({"connect": 5.0, "read": 0.5, "write": None}, limit, 0.2)
+    now = time.monotonic()
+    timeouts = LiveTimeouts({"connect": 5.0, "read": 0.5, "write": None}, now + 1.0, 0.2, now)
     assert timeouts.get("connect") == 0.2
     assert timeouts.get("read") == 0.5
     write = timeouts["write"]
     assert write is not None
     assert 0.9 < write <= 1.0
     assert dict(timeouts)["write"] == pytest.approx(1.0, abs=0.05)  # what a copy sees
-    expired = LiveTimeouts({}, time.monotonic() - 1, None)
+    expired = LiveTimeouts({}, now - 1, None, now)
     assert expired.get("read") == 0.0
-    unbounded = LiveTimeouts({"read": None}, None, 0.3)
+    unbounded = LiveTimeouts({"read": None}, None, 0.3, now)
     assert unbounded.get("read") is None
     assert unbounded.get("connect") == 0.3
 
@@ -211,3 +212,23 @@ async def test_timeout_connect_applies_without_any_deadline() -> None:
     async with rc.AsyncClient(settings=settings, transport=httpx.MockTransport(handler)) as client:
         await client.get("http://service.example/")
     assert seen == [0.2]
+
+
+async def test_the_callers_own_cancel_scope_still_wins_and_keeps_its_type(
+    upstream: Upstream,
+) -> None:
+    # An asyncio.timeout shorter than our deadline must surface as the caller's
+    # TimeoutError, not be mistaken for (or swallowed by) our own timers.
+    async with rc.AsyncClient() as client:
+        for url in (upstream.url(0, "/?hang=1"), upstream.url(0, "/?drip=0.02&size=100")):
+            with rc.deadline(5.0), pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await client.get(url)
+        # Deadline and caller's scope expiring together: either error, never a hang
+        # or a stray cancellation afterwards.
+        for _ in range(20):
+            with rc.deadline(0.05), pytest.raises((TimeoutError, rc.DeadlineExceededError)):
+                async with asyncio.timeout(0.05):
+                    await client.get(upstream.url(0, "/?hang=1"))
+        assert (await client.get(upstream.url(1))).status_code == 200
+        assert client.health()[f"127.0.0.1:{upstream.ports[0]}"]["in_flight"] == 0
