@@ -119,7 +119,8 @@ class AsyncClient(httpx.AsyncClient):
             default_encoding=default_encoding,
         )
         self._transport_factory: TransportFactory = transport_factory or HTTPXTransportFactory(
-            ssl_context=httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env),
+            verify=verify,
+            cert=cert,
             http1=http1,
             http2=http2,
             trust_env=trust_env,

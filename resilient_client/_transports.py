@@ -15,10 +15,10 @@ Transports the user passes (``transport=``, ``mounts=``) are used as given.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+from httpx._types import CertTypes
 
 __all__ = ["HTTPXTransportFactory", "Route", "TransportFactory"]
 
@@ -51,18 +51,38 @@ class TransportFactory(Protocol):
     ) -> httpx.AsyncBaseTransport: ...
 
 
-@dataclass(frozen=True, slots=True)
 class HTTPXTransportFactory:
     """httpx's own transport, configured like the client would configure it.
 
     One TLS context serves every dependency: building one loads the CA bundle,
-    which costs milliseconds and memory per pool.
+    which costs tens of milliseconds and memory per pool. It is built when the
+    first pool is, so a client that only uses its own ``transport=`` (tests with
+    ``MockTransport``, ASGI apps) never pays for it, as with httpx.
     """
 
-    ssl_context: ssl.SSLContext
-    http1: bool
-    http2: bool
-    trust_env: bool
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | str | bool,
+        cert: CertTypes | None,
+        http1: bool,
+        http2: bool,
+        trust_env: bool,
+    ) -> None:
+        self._verify = verify
+        self._cert = cert
+        self._ssl_context: ssl.SSLContext | None = None
+        self.http1 = http1
+        self.http2 = http2
+        self.trust_env = trust_env
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context(
+                verify=self._verify, cert=self._cert, trust_env=self.trust_env
+            )
+        return self._ssl_context
 
     def __call__(
         self, dependency: str, limits: httpx.Limits, proxy: httpx.Proxy | None

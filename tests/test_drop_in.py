@@ -187,3 +187,13 @@ async def test_a_transport_factory_builds_each_dependencys_pool(upstream: Upstre
             await client.get(upstream.url(0))
             await client.get(upstream.url(1))
     assert built == [("primary", 100), (f"127.0.0.1:{upstream.ports[1]}", 100)]
+
+
+def test_a_client_with_its_own_transport_builds_no_tls_context() -> None:
+    # As with httpx: a bad CA path only matters once a real pool is needed.
+    client = rc.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200)),
+        verify=False,
+        cert="/nonexistent/client.pem",
+    )
+    assert client.health() == {}
