@@ -2,21 +2,34 @@
 
 Outermost first, as a request passes through them::
 
-    deadline   the call's absolute deadline: the earliest of every enclosing
-               ``deadline()`` scope and ``timeout.total`` (opened by the client
-               around the whole logical call, so redirects, auth round trips
-               and the body read share one budget)
-    bulkhead   a permit per call in flight; beyond ``max_concurrent`` calls wait
-               in a bounded queue, beyond that they fail fast. The permit is held
-               until the response body is closed, because an open body holds a
-               connection
-    attempt    httpx's per-phase timeouts shrunk to the time left, bounded by
-               ``timeout.attempt`` and ``timeout.connect``; a backstop at the deadline
-    transport  the dependency's own connection pool for the URL's route, leased
-               until the body is closed and replaced if it may have lost slots
-               (or the transport or mount the user gave the client, as given)
-    body       every read of the body bounded by the deadline; closing it
-               releases the permit
+    deadline    the call's absolute deadline: the earliest of every enclosing
+                ``deadline()`` scope and ``timeout.total`` (opened by the client
+                around the whole logical call, so redirects, auth round trips
+                and the body read share one budget)
+    bulkhead    a permit per call in flight, held across its retries; beyond
+                ``max_concurrent`` calls wait in a bounded queue, beyond that they
+                fail fast. Held until the response body is closed, because an
+                open body holds a connection
+    retry       the first attempt goes straight through; only a retryable
+                outcome starts the retry loop (backoff or Retry-After, stopped by
+                attempts, the deadline, the retry budget or an open breaker)
+    rate limit  per attempt sent: a slot of the dependency's rate, after any
+                Retry-After pause; RateLimitedError if the deadline can't wait
+    breaker     per attempt: fails fast while open, admits capped probes when
+                half-open, and records the attempt's outcome
+    attempt     httpx's per-phase timeouts shrunk to the time left, bounded by
+                ``timeout.attempt`` and ``timeout.connect``; a backstop at the limit
+    transport   the dependency's own connection pool for the URL's route, leased
+                until the body is closed and replaced if it may have lost slots
+                (or the transport or mount the user gave the client, as given)
+    body        every read of the body bounded by the deadline; closing it
+                releases the pool lease, and the permit for the final response
+
+Why this order: the deadline must see everything, queueing included. The
+bulkhead sits outside retries so a call's retries never take a second permit
+(retries cannot multiply concurrency). Retries sit outside the rate limit and
+the breaker so each attempt is counted and admitted on its own: a retry never
+slips past an open breaker or over the rate.
 
 Deliberately outside: deciding *which* dependency a URL belongs to (the
 registry), and the httpx features around a single request — auth flows,
@@ -25,14 +38,20 @@ redirects, cookies, event hooks — which stay exactly httpx's own.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from ._breaker import CircuitBreaker
+from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._deadline import monotonic
+from ._exceptions import DeadlineExceededError, ResilienceError
 from ._pools import DependencyPools, PoolLease
+from ._ratelimit import RateLimiter
+from ._retry import RETRY_AFTER_CAP, RetryStrategy, retry_after_seconds
 from ._settings import DependencyPolicy
 from ._timeout import DeadlineBody, TimeoutStrategy
 from ._transports import Route, TransportFactory
@@ -61,6 +80,10 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self._route_for = route_for
         self._timeout = TimeoutStrategy(name, policy.timeout)
         self._bulkhead = Bulkhead(name, policy.bulkhead)
+        budget = RetryBudget(policy.retry.budget_ratio, policy.retry.budget_min_per_second)
+        self._retry = RetryStrategy(name, policy.retry, budget)
+        self._breaker = CircuitBreaker(name, policy.breaker)
+        self._rate_limit = RateLimiter(name, policy.rate_limit)
         self._pools = DependencyPools(
             name, transport_factory, limits, policy.bulkhead.max_concurrent
         )
@@ -72,6 +95,44 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         if deadline is not None and monotonic() >= deadline:
             raise self._timeout.expired_error(request, "before the call was admitted")
         await self._bulkhead.acquire(deadline)
+        try:
+            response = await self._call(request, deadline)
+        except BaseException:
+            self._release_permit()
+            raise
+        if isinstance(response.stream, DeadlineBody):
+            response.stream.also_on_close(self._release_permit)
+        else:
+            self._release_permit()  # already read and closed (see _attempt)
+        return response
+
+    async def _call(self, request: httpx.Request, deadline: float | None) -> httpx.Response:
+        """One logical call: the first attempt, then retries only if it calls for them."""
+        self._retry.budget.record_request()
+        first: httpx.Response | Exception
+        try:
+            first = await self._attempt(request, deadline)
+        except Exception as error:
+            if self._retry.reason_to_retry(request, error) is None:
+                raise
+            first = error
+        else:
+            if self._retry.reason_to_retry(request, first) is None:
+                return first
+        return await self._retry.run(
+            request,
+            first,
+            lambda: self._attempt(request, deadline),
+            deadline=deadline,
+            breaker_open=lambda: self._breaker.state == "open",
+        )
+
+    async def _attempt(self, request: httpx.Request, deadline: float | None) -> httpx.Response:
+        """One attempt: rate limit, breaker admission, timeouts, the pool; outcome recorded."""
+        if deadline is not None and monotonic() >= deadline:
+            raise self._timeout.expired_error(request, "before the attempt could start")
+        await self._rate_limit.acquire(deadline)
+        permit = self._breaker.admit()
         lease: PoolLease | None = None
         try:
             route = self._route_for(request.url)
@@ -81,26 +142,42 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             else:
                 send = route.handle_async_request  # the user's own transport or mount
             response = await self._timeout.attempt(send, request, deadline)
-        except BaseException:
-            self._release(lease)
+        except asyncio.CancelledError:
+            self._breaker.record_ignored(permit)  # the caller gave up: says nothing of them
+            _release(lease)
             raise
+        except Exception as error:
+            if _is_local(error):
+                self._breaker.record_ignored(permit)
+            else:
+                self._breaker.record_failure(permit)
+            _release(lease)
+            raise
+        status = response.status_code
+        if status >= 500 or status == 429:
+            self._breaker.record_failure(permit)
+            if status == 429 and self.policy.retry.respect_retry_after:
+                pause = retry_after_seconds(response)
+                if pause is not None:
+                    # Everyone backs off together instead of each finding the limit.
+                    self._rate_limit.pause_until(monotonic() + min(pause, RETRY_AFTER_CAP))
+        else:
+            self._breaker.record_success(permit)
         if response.is_closed:
             # Built from bytes (MockTransport, ASGI apps, caches): already read and
             # closed, so no one will ever close it again. It holds no connection.
-            self._release(lease)
+            _release(lease)
             return response
         response.stream = DeadlineBody(
             _as_async_stream(response.stream),
             deadline=deadline,
-            on_close=lambda: self._release(lease),
+            on_close=(lambda: None) if lease is None else lease.release,
             strategy=self._timeout,
             request=request,
         )
         return response
 
-    def _release(self, lease: PoolLease | None) -> None:
-        if lease is not None:
-            lease.release()
+    def _release_permit(self) -> None:
         self._bulkhead.release()
         if self._retired and self.idle and self._on_idle_after_retire is not None:
             callback, self._on_idle_after_retire = self._on_idle_after_retire, None
@@ -145,6 +222,12 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             "queued": self._bulkhead.queued,
             "max_concurrent": bulkhead.max_concurrent,
             "max_queue": bulkhead.max_queue,
+            "breaker": self._breaker.health(),
+            "retry": {
+                "budget_left": self._retry.budget.available(),
+                "retries_by_reason": dict(self._retry.retries_by_reason),
+            },
+            "rate_limit": self._rate_limit.health(),
             "pool": {
                 "max_connections": limits.max_connections,
                 "max_keepalive": limits.max_keepalive_connections,
@@ -153,6 +236,21 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             },
             "timeout": self.policy.timeout.model_dump(),
         }
+
+
+def _release(lease: PoolLease | None) -> None:
+    if lease is not None:
+        lease.release()
+
+
+def _is_local(error: BaseException) -> bool:
+    """A wait on our side ran out, or we refused: not the dependency's doing."""
+    if isinstance(error, httpx.PoolTimeout):
+        return True
+    if isinstance(error, DeadlineExceededError):
+        # Expired while waiting for a connection, not for the dependency.
+        return isinstance(error.__cause__, httpx.PoolTimeout)
+    return isinstance(error, ResilienceError)
 
 
 def _as_async_stream(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.AsyncByteStream:

@@ -251,7 +251,7 @@ class DeadlineBody(httpx.AsyncByteStream):
     ) -> None:
         self._inner = inner
         self._deadline = deadline
-        self._on_close: Callable[[], None] | None = on_close
+        self._on_close: list[Callable[[], None]] | None = [on_close]
         self._strategy = strategy
         self._request = request
         self._watchdog: Watchdog | None = None
@@ -295,7 +295,14 @@ class DeadlineBody(httpx.AsyncByteStream):
         finally:
             self._release()
 
+    def also_on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` too when the body closes (at once if it has closed)."""
+        if self._on_close is None:
+            callback()
+        else:
+            self._on_close.append(callback)
+
     def _release(self) -> None:
-        on_close, self._on_close = self._on_close, None
-        if on_close is not None:
-            on_close()
+        callbacks, self._on_close = self._on_close, None
+        for callback in callbacks or ():
+            callback()

@@ -16,7 +16,8 @@ server can play a healthy host, a slow one and a broken one at once:
 =================  ===========================================================
 
 It counts requests per port and keeps the headers of the most recent ones, so
-tests and benchmarks measure load at the server. Only 127.0.0.1 is ever bound.
+tests and benchmarks measure load at the server (``GET /__stats`` gives the
+counts as JSON, for a client in another process). Only 127.0.0.1 is ever bound.
 
 Run it in a thread of this process (:class:`UpstreamThread`) for functional
 tests, or as its own process (:class:`UpstreamProcess`) wherever latency or CPU
@@ -34,6 +35,7 @@ import contextlib
 import json
 import sys
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -43,6 +45,8 @@ from urllib.parse import parse_qsl
 __all__ = ["RecordedRequest", "Upstream", "UpstreamProcess", "UpstreamThread"]
 
 HOST = "127.0.0.1"
+# GET this path on any port for {"received": {port: count}} as JSON.
+STATS_PATH = "/__stats"
 _MAX_HEAD = 64 * 1024
 _REASONS = {
     200: "OK",
@@ -59,6 +63,7 @@ class RecordedRequest:
     target: str
     headers: dict[str, str]
     body: bytes
+    at: float  # time.monotonic() when the request was read
 
 
 @dataclass
@@ -129,8 +134,17 @@ class Upstream:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         body = await _read_body(reader, headers)
+        if target == STATS_PATH:
+            # How a benchmark in another process reads the counts; not counted itself.
+            stats = json.dumps({"received": {str(p): n for p, n in self.received.items()}})
+            writer.write(
+                f"HTTP/1.1 200 OK\r\nContent-Length: {len(stats)}\r\n"
+                f"Content-Type: application/json\r\n\r\n{stats}".encode()
+            )
+            await writer.drain()
+            return True
         self.received[port] += 1
-        self.recent.append(RecordedRequest(port, method, target, headers, body))
+        self.recent.append(RecordedRequest(port, method, target, headers, body, time.monotonic()))
 
         _, _, query = target.partition("?")
         options = dict(parse_qsl(query))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -76,6 +77,7 @@ async def test_every_host_gets_state_of_its_own_and_health_lists_it(upstream: Up
         assert (await client.get(upstream.url(1))).status_code == 200
         health = client.health()
     assert set(health) == {"primary", f"127.0.0.1:{upstream.ports[1]}"}
+    assert json.loads(json.dumps(health)) == health  # ready to serve as JSON
     assert health["primary"]["kind"] == "named"
     assert health[f"127.0.0.1:{upstream.ports[1]}"]["kind"] == "host"
     assert health["primary"]["in_flight"] == 0
