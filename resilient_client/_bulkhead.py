@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from ._deadline import monotonic
+from ._deadline import monotonic, running_loop
 from ._exceptions import BulkheadFullError, DeadlineExceededError
 from ._settings import BulkheadPolicy
 
@@ -62,7 +62,7 @@ class Bulkhead:
         deadline_binds = deadline is not None and deadline - monotonic() < wait
         if deadline is not None and deadline_binds:
             wait = max(0.0, deadline - monotonic())
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        granted: asyncio.Future[None] = running_loop().create_future()
         self._waiters.append(granted)
         try:
             async with asyncio.timeout(wait):

@@ -125,6 +125,11 @@ class AsyncClient(httpx.AsyncClient):
             http2=http2,
             trust_env=trust_env,
         )
+        if transport is None and isinstance(self._transport_factory, HTTPXTransportFactory):
+            # As httpx does: pay for the TLS context (the CA bundle, tens of ms) here,
+            # not inside the first call's deadline. With transport= it is built only
+            # if a URL outside the user's transport ever needs a pool.
+            self._transport_factory.ssl_context  # noqa: B018
         self._registry = DependencyRegistry(self._resilience_settings, self._build_pipeline)
         self._last_resolved: tuple[httpx.URL, DependencyPipeline] | None = None
 

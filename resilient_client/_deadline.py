@@ -14,6 +14,7 @@ spent. Code that is not a call through the client is not interrupted: use
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import math
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "monotonic",
     "pop_deadline",
     "push_deadline",
+    "running_loop",
 ]
 
 # One clock for every deadline computation; a module attribute so tests can see it.
@@ -52,6 +54,16 @@ class Deadline:
     @property
     def expired(self) -> bool:
         return monotonic() >= self.at
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The running asyncio loop, or a clear error where there is none (trio, say)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "resilient_client.AsyncClient runs on asyncio only (trio is not supported)"
+        ) from None
 
 
 def current_deadline() -> float | None:

@@ -27,6 +27,7 @@ undisturbed. This works for any transport: it never looks inside one.
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass, field
 
 import httpx
@@ -91,9 +92,14 @@ class DependencyPools:
         self._dependency = dependency
         self._factory = factory
         self.limits = limits
-        self.max_connections = limits.max_connections or max_concurrent
         # Slots beyond what the bulkhead ever lets in: how many orphans a pool absorbs.
-        self.spare_slots = max(1, self.max_connections - max_concurrent)
+        # An unbounded pool can't be starved by them; still, don't let them pile up.
+        if limits.max_connections is None:
+            self.max_connections = sys.maxsize
+            self.spare_slots = max_concurrent
+        else:
+            self.max_connections = limits.max_connections
+            self.spare_slots = max(1, self.max_connections - max_concurrent)
         self._live: dict[Route, _Pool] = {}
         self._retired: set[_Pool] = set()
         self._closing: set[asyncio.Task[None]] = set()

@@ -248,7 +248,7 @@ def _restamp(model: DependencyPolicy, fields_set: set[str]) -> DependencyPolicy:
     return model
 
 
-_DEPENDENCY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_DEPENDENCY_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]|_(?!_))*$")
 
 
 def _check_dependency_name(name: str) -> str:
@@ -256,8 +256,8 @@ def _check_dependency_name(name: str) -> str:
     # name with capitals could never be overridden from the environment.
     if not _DEPENDENCY_NAME.match(name):
         raise ValueError(
-            f"dependency name {name!r} must be lower-case letters, digits, '_' or '-' "
-            "(so that RESILIENT_CLIENT_DEPENDENCIES__<NAME>__... can address it)"
+            f"dependency name {name!r} must be lower-case letters, digits, '_' or '-', "
+            "without '__' (so that RESILIENT_CLIENT_DEPENDENCIES__<NAME>__... can address it)"
         )
     return name
 
@@ -335,8 +335,10 @@ class ResilienceSettings(BaseSettings):
             raise SettingsError(
                 f"settings file {str(file)!r} is not valid TOML: {exc}", []
             ) from None
-        environment = EnvSettingsSource(cls)()
-        return _validate(cls, _deep_merge(data, environment), f"settings file {str(file)!r}")
+        environment = _environment(cls)
+        return _validate(
+            cls, _deep_merge(data, environment), f"settings file {str(file)!r}", given=data
+        )
 
     @classmethod
     def from_environment(cls) -> Self:
@@ -357,20 +359,36 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
-def _validate(cls: type[_S], data: dict[str, Any], source: str) -> _S:
+def _environment(cls: type[ResilienceSettings]) -> dict[str, Any]:
+    try:
+        return dict(EnvSettingsSource(cls)())
+    except PydanticSettingsError as exc:
+        raise _unparsable_environment(exc) from None
+
+
+def _unparsable_environment(exc: Exception) -> SettingsError:
+    return SettingsError(
+        f"invalid resilience setting in the environment: {exc} "
+        "(list and dict values are written as JSON, e.g. '[\"a.internal\"]')",
+        [],
+    )
+
+
+def _validate(
+    cls: type[_S], data: dict[str, Any], source: str, *, given: Mapping[str, Any] | None = None
+) -> _S:
+    """Validate ``data``; ``given`` is what the source itself said (default: ``data``)."""
     try:
         return cls(**data)
     except PydanticSettingsError as exc:
         # The environment could not even be parsed (a list or dict that is not JSON).
-        raise SettingsError(
-            f"invalid resilience setting in the environment: {exc} "
-            "(list and dict values are written as JSON, e.g. '[\"a.internal\"]')",
-            [],
-        ) from None
+        raise _unparsable_environment(exc) from None
     except ValidationError as exc:
         problems = [_problem(error) for error in exc.errors()]
+        environment = _environment(cls)
         lines = "\n".join(
-            f"  {path}: {message} (got {value!r}){_origin(path, data)}"
+            f"  {path}: {message} (got {value!r})"
+            f"{_origin(path, data if given is None else given, environment)}"
             for path, message, value in problems
         )
         plural = "s" if len(problems) != 1 else ""
@@ -379,20 +397,28 @@ def _validate(cls: type[_S], data: dict[str, Any], source: str) -> _S:
         ) from None
 
 
-def _origin(path: str, data: Mapping[str, Any]) -> str:
-    """Where a bad value came from, when it was not the source being loaded."""
-    node: Any = data
+def _origin(path: str, given: Mapping[str, Any], environment: Mapping[str, Any]) -> str:
+    """`` [from RESILIENT_CLIENT_...]`` when the bad value came from the environment."""
     parts = path.split(".")
+    if _holds(given, parts) or not _holds(environment, parts):
+        return ""
+    keys = [part for part in parts if not part.isdigit()]
+    return f" [from {ENV_PREFIX}{ENV_NESTED_DELIMITER.join(keys).upper()}]"
+
+
+def _holds(data: Mapping[str, Any], parts: list[str]) -> bool:
+    """Whether ``data`` has a value at the dotted path (list items count as inside)."""
+    node: Any = data
     for part in parts:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list):
-            return ""  # inside a list given by the source itself
-        else:
-            # Not in what the source gave: it came from the environment.
-            keys = [p for p in parts if not p.isdigit()]
-            return f" [from {ENV_PREFIX}{ENV_NESTED_DELIMITER.join(keys).upper()}]"
-    return ""
+        if isinstance(node, list):
+            return True
+        if not isinstance(node, Mapping):
+            return False
+        matches = [key for key in node if str(key).lower() == part.lower()]
+        if not matches:
+            return False
+        node = node[matches[0]]
+    return True
 
 
 def _problem(error: Any) -> tuple[str, str, object]:

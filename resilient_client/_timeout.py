@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._deadline import current_deadline, monotonic
+from ._deadline import current_deadline, monotonic, running_loop
 from ._exceptions import DeadlineExceededError
 from ._settings import TimeoutPolicy
 
@@ -97,15 +97,17 @@ class TimeoutStrategy:
         configured = request.extensions.get("timeout") or {}
         if isinstance(configured, LiveTimeouts):
             configured = configured.configured  # a redirect carries the last hop's bounds
-        request.extensions = {
-            **request.extensions,
-            "timeout": LiveTimeouts(configured, limit, self._policy.connect, now),
-        }
+        timeouts = LiveTimeouts(configured, limit, self._policy.connect, now)
+        request.extensions = {**request.extensions, "timeout": timeouts}
         if limit is None:
             return await send(request)
         backstop = Watchdog(limit + BACKSTOP_GRACE, now)
         try:
-            return await backstop.guard(send(request))
+            response = await backstop.guard(send(request))
+            # timeout.attempt bounds the wait for the response; reading its body is
+            # bounded by the call's deadline (the transport reads "read" again for it).
+            timeouts.bound_by(call_deadline)
+            return response
         except Expired:
             if attempt_bound:
                 raise httpx.TimeoutException(
@@ -141,12 +143,7 @@ class Watchdog:
     __slots__ = ("_fired", "_handle", "_task")
 
     def __init__(self, when: float, now: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "resilient_client.AsyncClient runs on asyncio only (trio is not supported)"
-            ) from None
+        loop = running_loop()
         self._task: asyncio.Task[Any] | None = None
         self._fired = False
         # Deadlines are on time.monotonic(); the loop's clock may have another origin.
@@ -212,6 +209,10 @@ class LiveTimeouts(dict[str, float | None]):
             write=_smallest(configured.get("write"), left),
             pool=_smallest(configured.get("pool"), left),
         )
+
+    def bound_by(self, limit: float | None) -> None:
+        """From now on, work the values out against ``limit`` instead."""
+        self._limit = limit
 
     def _value(self, phase: str) -> float | None:
         limit = self._limit

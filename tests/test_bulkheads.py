@@ -18,6 +18,14 @@ from ._helpers import busy_connections, percentile, pipeline_of
 
 pytestmark = pytest.mark.anyio
 
+# Storms of expiries and cancellations: the breaker would open and retries would
+# multiply the calls; these tests are about what happens to permits and pools.
+_NO_BREAKER_NO_RETRY = {
+    "breaker": {"consecutive_failures": None, "minimum_calls": 10**6},
+    "retry": {"attempts": 1},
+}
+_STORM_BULKHEAD = {"max_concurrent": 8, "max_queue": 400, "queue_timeout": 5}
+
 
 def _bulkhead(max_concurrent: int, max_queue: int, queue_timeout: float = 1.0) -> dict[str, object]:
     return {
@@ -118,9 +126,7 @@ async def _assert_idle_and_healthy(client: rc.AsyncClient, url: str) -> None:
 async def test_pool_and_bulkhead_are_idle_after_300_deadline_expiries(upstream: Upstream) -> None:
     # More callers than permits, so expiries hit queued calls, calls connecting,
     # calls waiting for headers and calls mid-body.
-    settings = {
-        "default": {"bulkhead": {"max_concurrent": 8, "max_queue": 400, "queue_timeout": 5}}
-    }
+    settings = {"default": {**_NO_BREAKER_NO_RETRY, "bulkhead": _STORM_BULKHEAD}}
     urls = [upstream.url(0, "/?hang=1"), upstream.url(0, "/?drip=0.01&size=1000")]
     async with rc.AsyncClient(settings=settings) as client:
 
@@ -136,9 +142,7 @@ async def test_pool_and_bulkhead_are_idle_after_300_deadline_expiries(upstream: 
 
 
 async def test_pool_and_bulkhead_are_idle_after_300_cancelled_calls(upstream: Upstream) -> None:
-    settings = {
-        "default": {"bulkhead": {"max_concurrent": 8, "max_queue": 400, "queue_timeout": 5}}
-    }
+    settings = {"default": {**_NO_BREAKER_NO_RETRY, "bulkhead": _STORM_BULKHEAD}}
     urls = [upstream.url(0, "/?hang=1"), upstream.url(0, "/?drip=0.01&size=1000")]
     async with rc.AsyncClient(settings=settings) as client:
         tasks = [asyncio.create_task(client.get(urls[i % 2])) for i in range(300)]
@@ -159,7 +163,8 @@ async def test_a_pool_that_lost_slots_is_replaced(
     # cancelled waiter can orphan its connection slot for good (httpcore #1093).
     settings = {
         "default": {
-            "bulkhead": {"max_concurrent": 8, "max_queue": 400, "queue_timeout": 5},
+            **_NO_BREAKER_NO_RETRY,
+            "bulkhead": _STORM_BULKHEAD,
             "pool": {"max_connections": 4},
         }
     }

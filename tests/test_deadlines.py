@@ -114,7 +114,7 @@ async def test_an_expired_deadline_fails_before_anything_is_sent(upstream: Upstr
 async def test_attempt_timeout_ends_the_attempt_not_as_deadline_exceeded(
     upstream: Upstream,
 ) -> None:
-    settings = {"default": {"timeout": {"total": 5.0, "attempt": 0.2}}}
+    settings = {"default": {"timeout": {"total": 5.0, "attempt": 0.2}, "retry": {"attempts": 1}}}
     async with rc.AsyncClient(settings=settings) as client:
         start = time.monotonic()
         with pytest.raises(httpx.TimeoutException) as caught:
@@ -171,12 +171,14 @@ async def test_a_hanging_server_ends_in_httpxs_own_timeout_not_a_cancellation(
     # The read timeout is worked out when the read starts, so it ends exactly at
     # the deadline and nothing inside the pool is cancelled (which could leak
     # a slot and would make the pool be replaced).
-    async with rc.AsyncClient() as client:
+    # Breaker and retries out of the way: this is about how each attempt ends.
+    quiet = {"breaker": {"consecutive_failures": None}, "retry": {"attempts": 1}}
+    async with rc.AsyncClient(settings={"default": quiet}) as client:
         for _ in range(5):
             with rc.deadline(0.1), pytest.raises(rc.DeadlineExceededError) as caught:
                 await client.get(upstream.url(0, "/?hang=1"))
             assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
-        settings = {"default": {"timeout": {"attempt": 0.1}}}
+        settings = {"default": {**quiet, "timeout": {"attempt": 0.1}}}
     async with rc.AsyncClient(settings=settings) as client:
         for _ in range(5):
             with pytest.raises(httpx.ReadTimeout):
@@ -232,3 +234,45 @@ async def test_the_callers_own_cancel_scope_still_wins_and_keeps_its_type(
                     await client.get(upstream.url(0, "/?hang=1"))
         assert (await client.get(upstream.url(1))).status_code == 200
         assert client.health()[f"127.0.0.1:{upstream.ports[0]}"]["in_flight"] == 0
+
+
+async def test_timeout_attempt_bounds_the_wait_for_headers_not_the_body(
+    upstream: Upstream,
+) -> None:
+    # Headers at 0.3 s, then the body in 5 reads 0.1 s apart: the attempt limit (0.4 s)
+    # is for getting a response; the body is bounded by the call's deadline.
+    settings = {"default": {"timeout": {"attempt": 0.4, "total": 3.0}}}
+    async with rc.AsyncClient(settings=settings) as client:
+        response = await client.get(upstream.url(0, "/?delay=0.3&drip=0.1&size=5"))
+    assert response.content == b"xxxxx"
+
+
+def test_a_call_that_must_queue_on_trio_fails_with_a_clear_error() -> None:
+    trio = pytest.importorskip("trio")
+    settings = {
+        "default": {"bulkhead": {"max_concurrent": 1}, "timeout": {"total": None, "attempt": None}}
+    }
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(0.05)
+        return httpx.Response(200)
+
+    async def main() -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with rc.AsyncClient(settings=settings, transport=httpx.MockTransport(handler)) as c:
+
+            async def call() -> None:
+                try:
+                    await c.get("http://trio.example/")
+                except RuntimeError as error:
+                    errors.append(error)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                nursery.start_soon(call)
+        return errors
+
+    errors = trio.run(main)
+    assert [str(e) for e in errors] == [
+        "resilient_client.AsyncClient runs on asyncio only (trio is not supported)"
+    ]

@@ -252,3 +252,31 @@ def test_a_bad_value_from_the_environment_says_so(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(rc.SettingsError) as caught:
         rc.ResilienceSettings.from_mapping({"default": {"timeout": {"total": 2.0}}})
     assert "[from RESILIENT_CLIENT_DEFAULT__TIMEOUT__CONNECT]" in str(caught.value)
+
+
+def test_only_values_from_the_environment_are_tagged_with_their_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text("[default.timeout]\ntotal = 2.0\n")
+    monkeypatch.setenv("RESILIENT_CLIENT_DEFAULT__TIMEOUT__ATTEMPT", "abc")
+    with pytest.raises(rc.SettingsError) as caught:
+        rc.ResilienceSettings.from_toml(path)
+    assert "default.timeout.attempt" in str(caught.value)
+    assert "[from RESILIENT_CLIENT_DEFAULT__TIMEOUT__ATTEMPT]" in str(caught.value)
+    monkeypatch.delenv("RESILIENT_CLIENT_DEFAULT__TIMEOUT__ATTEMPT")
+    for data in (
+        {"dependencies": {"a": {"hosts": ["x.internal"]}, "b": {"hosts": ["x.internal"]}}},
+        {"dependencies": {"Search": {"hosts": ["s.internal"]}}},
+    ):
+        with pytest.raises(rc.SettingsError) as caught:
+            rc.ResilienceSettings.from_mapping(data)
+        assert "[from" not in str(caught.value)
+
+
+def test_a_dependency_name_cannot_hold_the_nested_delimiter() -> None:
+    with pytest.raises(rc.SettingsError, match="without '__'"):
+        rc.ResilienceSettings.from_mapping({"dependencies": {"a__b": {"hosts": ["x.internal"]}}})
+    assert rc.ResilienceSettings.from_mapping(
+        {"dependencies": {"a_b-c": {"hosts": ["x.internal"]}}}
+    ).dependencies
