@@ -96,7 +96,18 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             raise self._timeout.expired_error(request, "before the call was admitted")
         await self._bulkhead.acquire(deadline)
         try:
-            response = await self._call(request, deadline)
+            # The first attempt goes straight through; only a retryable outcome
+            # starts the retry loop (a frame less on the path every call takes).
+            self._retry.budget.record_request()
+            try:
+                response = await self._attempt(request, deadline)
+            except Exception as error:
+                if self._retry.reason_to_retry(request, error) is None:
+                    raise
+                response = await self._retry_after(request, error, deadline)
+            else:
+                if self._retry.reason_to_retry(request, response) is not None:
+                    response = await self._retry_after(request, response, deadline)
         except BaseException:
             self._release_permit()
             raise
@@ -106,19 +117,9 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             self._release_permit()  # already read and closed (see _attempt)
         return response
 
-    async def _call(self, request: httpx.Request, deadline: float | None) -> httpx.Response:
-        """One logical call: the first attempt, then retries only if it calls for them."""
-        self._retry.budget.record_request()
-        first: httpx.Response | Exception
-        try:
-            first = await self._attempt(request, deadline)
-        except Exception as error:
-            if self._retry.reason_to_retry(request, error) is None:
-                raise
-            first = error
-        else:
-            if self._retry.reason_to_retry(request, first) is None:
-                return first
+    async def _retry_after(
+        self, request: httpx.Request, first: httpx.Response | Exception, deadline: float | None
+    ) -> httpx.Response:
         return await self._retry.run(
             request,
             first,
@@ -129,26 +130,36 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
     async def _attempt(self, request: httpx.Request, deadline: float | None) -> httpx.Response:
         """One attempt: rate limit, breaker admission, timeouts, the pool; outcome recorded."""
-        if deadline is not None and monotonic() >= deadline:
-            raise self._timeout.expired_error(request, "before the attempt could start")
         await self._rate_limit.acquire(deadline)
+        if deadline is not None and monotonic() >= deadline:
+            # Checked before admission, so an attempt never sent is never recorded.
+            raise self._timeout.expired_error(request, "before the attempt could start")
         permit = self._breaker.admit()
         lease: PoolLease | None = None
         try:
             route = self._route_for(request.url)
             if isinstance(route, Route):
                 lease = self._pools.lease(route)
-                send = lease.send
+                transport = lease.transport
             else:
-                send = route.handle_async_request  # the user's own transport or mount
-            response = await self._timeout.attempt(send, request, deadline)
+                transport = route  # the user's own transport or mount, used as given
+            response = await self._timeout.attempt(
+                transport.handle_async_request,
+                request,
+                deadline,
+                on_interrupt=None if lease is None else lease.interrupted,
+            )
         except asyncio.CancelledError:
             self._breaker.record_ignored(permit)  # the caller gave up: says nothing of them
+            if lease is not None:
+                lease.interrupted()
             _release(lease)
             raise
         except Exception as error:
             if _is_local(error):
                 self._breaker.record_ignored(permit)
+                if lease is not None and _waited_for_connection(error):
+                    lease.pool_timed_out()
             else:
                 self._breaker.record_failure(permit)
             _release(lease)
@@ -243,14 +254,16 @@ def _release(lease: PoolLease | None) -> None:
         lease.release()
 
 
+def _waited_for_connection(error: BaseException) -> bool:
+    """The pool had no connection for the call in time (maybe cut short by the deadline)."""
+    return isinstance(error, httpx.PoolTimeout) or isinstance(error.__cause__, httpx.PoolTimeout)
+
+
 def _is_local(error: BaseException) -> bool:
     """A wait on our side ran out, or we refused: not the dependency's doing."""
-    if isinstance(error, httpx.PoolTimeout):
+    if _waited_for_connection(error):
         return True
-    if isinstance(error, DeadlineExceededError):
-        # Expired while waiting for a connection, not for the dependency.
-        return isinstance(error.__cause__, httpx.PoolTimeout)
-    return isinstance(error, ResilienceError)
+    return isinstance(error, ResilienceError) and not isinstance(error, DeadlineExceededError)
 
 
 def _as_async_stream(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.AsyncByteStream:

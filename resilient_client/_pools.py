@@ -57,21 +57,18 @@ class PoolLease:
     def transport(self) -> httpx.AsyncBaseTransport:
         return self._pool.transport
 
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        """Send on the leased pool, noting what may have cost it a slot."""
+    def interrupted(self) -> None:
+        """A call was cancelled inside this pool's transport: it may have orphaned a slot."""
         pool = self._pool
-        try:
-            return await pool.transport.handle_async_request(request)
-        except asyncio.CancelledError:
-            pool.interrupted += 1
-            if pool.interrupted >= self._owner.spare_slots:
-                self._owner.retire(pool)
-            raise
-        except httpx.PoolTimeout:
-            # Counting this call, fewer calls than slots: some slots were lost.
-            if pool.leases <= self._owner.max_connections:
-                self._owner.retire(pool)
-            raise
+        pool.interrupted += 1
+        if pool.interrupted >= self._owner.spare_slots:
+            self._owner.retire(pool)
+
+    def pool_timed_out(self) -> None:
+        """The transport gave up waiting for a connection of this pool."""
+        # Counting this call, no more calls than slots: some slots were lost.
+        if self._pool.leases <= self._owner.max_connections:
+            self._owner.retire(self._pool)
 
     def release(self) -> None:
         if not self._released:

@@ -23,7 +23,7 @@ attempt and a later retry may still succeed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -83,8 +83,12 @@ class TimeoutStrategy:
         send: Callable[[httpx.Request], Awaitable[httpx.Response]],
         request: httpx.Request,
         call_deadline: float | None,
+        on_interrupt: Callable[[], None] | None = None,
     ) -> httpx.Response:
-        """Send one attempt within ``timeout.attempt``, ``timeout.connect`` and the deadline."""
+        """Send one attempt within ``timeout.attempt``, ``timeout.connect`` and the deadline.
+
+        ``on_interrupt`` runs if the backstop had to cancel the send.
+        """
         now = monotonic()
         limit = call_deadline
         attempt_bound = False
@@ -102,13 +106,18 @@ class TimeoutStrategy:
         if limit is None:
             return await send(request)
         backstop = Watchdog(limit + BACKSTOP_GRACE, now)
+        cancelling = backstop.watch()
         try:
-            response = await backstop.guard(send(request))
+            response = await send(request)
             # timeout.attempt bounds the wait for the response; reading its body is
             # bounded by the call's deadline (the transport reads "read" again for it).
             timeouts.bound_by(call_deadline)
             return response
-        except Expired:
+        except asyncio.CancelledError:
+            if not backstop.caused_by_us(cancelling):
+                raise
+            if on_interrupt is not None:
+                on_interrupt()  # cancelled inside the transport: see _pools.py
             if attempt_bound:
                 raise httpx.TimeoutException(
                     f"attempt exceeded timeout.attempt={self._policy.attempt}s "
@@ -123,6 +132,7 @@ class TimeoutStrategy:
                 ) from exc
             raise
         finally:
+            backstop.unwatch()
             backstop.disarm()
 
 
@@ -131,11 +141,11 @@ class Expired(Exception):
 
 
 class Watchdog:
-    """One timer that cancels the task while it awaits a guarded operation.
+    """One timer that cancels the task while it is watched (awaiting an operation).
 
     What ``asyncio.timeout`` does, shaped for this hot path: one timer serves
     every read of a body (``asyncio.timeout`` would need one per read, the
-    last empty read included), and guarding an await costs no objects. The
+    last empty read included), and watching an await costs no objects. The
     task's cancellation count is kept as ``asyncio.timeout`` keeps it, so an
     outer cancel scope or TaskGroup still sees its own cancellations.
     """
@@ -154,25 +164,26 @@ class Watchdog:
         if self._task is not None:
             self._task.cancel()
 
-    async def guard(self, operation: Awaitable[_T]) -> _T:
-        """Await ``operation``; raise :class:`Expired` if the timer cancelled it."""
+    # Used as: ``watch()``; ``await`` the operation; on CancelledError ask
+    # ``caused_by_us()``; finally ``unwatch()``. Plain calls, not a wrapping
+    # coroutine: every extra frame is re-entered each time the operation resumes.
+
+    def watch(self) -> int:
+        """Let the timer cancel the current task until ``unwatch()``; raise Expired if past."""
         if self._fired:
-            if isinstance(operation, Coroutine):
-                operation.close()  # never started: don't warn about it
             raise Expired
         task = asyncio.current_task()
         assert task is not None
-        cancelling = task.cancelling()
         self._task = task
-        try:
-            return await operation
-        except asyncio.CancelledError:
-            # Ours only if the timer fired and no one else cancelled the task too.
-            if self._fired and task.uncancel() <= cancelling:
-                raise Expired from None
-            raise
-        finally:
-            self._task = None
+        return task.cancelling()
+
+    def caused_by_us(self, cancelling: int) -> bool:
+        """On CancelledError: whether it was the timer (and no one else) that cancelled."""
+        task = self._task
+        return task is not None and self._fired and task.uncancel() <= cancelling
+
+    def unwatch(self) -> None:
+        self._task = None
 
     def disarm(self) -> None:
         self._handle.cancel()
@@ -271,7 +282,15 @@ class DeadlineBody(httpx.AsyncByteStream):
         try:
             while True:
                 try:
-                    chunk = await watchdog.guard(anext(chunks))
+                    cancelling = watchdog.watch()
+                    try:
+                        chunk = await anext(chunks)
+                    except asyncio.CancelledError:
+                        if watchdog.caused_by_us(cancelling):
+                            raise Expired from None
+                        raise
+                    finally:
+                        watchdog.unwatch()
                 except StopAsyncIteration:
                     return
                 except Expired:
