@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ._alarms import cancel_alarm, set_alarm
 from ._deadline import current_deadline, monotonic, running_loop
 from ._exceptions import DeadlineExceededError
 from ._settings import TimeoutPolicy
@@ -42,9 +43,10 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-# The backstop fires this long after the deadline, so that where the transport
-# honours the shrunk timeouts (httpx's does) its own timeout wins the race even
-# on a busy event loop; cancelling inside httpcore is what can leak pool slots.
+# The backstop fires this long after the deadline (plus up to the alarms'
+# granularity), so that where the transport honours the shrunk timeouts
+# (httpx's does) its own timeout wins the race even on a busy event loop;
+# cancelling inside httpcore is what can leak pool slots.
 BACKSTOP_GRACE = 0.02
 # A timer can fire a hair before the instant it was set for; treat as "at the deadline".
 _CLOCK_SLACK = 0.002
@@ -141,23 +143,24 @@ class Expired(Exception):
 
 
 class Watchdog:
-    """One timer that cancels the task while it is watched (awaiting an operation).
+    """An alarm that cancels the task while it is watched (awaiting an operation).
 
-    What ``asyncio.timeout`` does, shaped for this hot path: one timer serves
-    every read of a body (``asyncio.timeout`` would need one per read, the
-    last empty read included), and watching an await costs no objects. The
-    task's cancellation count is kept as ``asyncio.timeout`` keeps it, so an
-    outer cancel scope or TaskGroup still sees its own cancellations.
+    What ``asyncio.timeout`` does, shaped for this hot path: one alarm serves
+    every read of a body (``asyncio.timeout`` would need a timer per read, the
+    last empty read included), the alarms share one loop timer (_alarms.py),
+    and watching an await costs no objects. The task's cancellation count is
+    kept as ``asyncio.timeout`` keeps it, so an outer cancel scope or TaskGroup
+    still sees its own cancellations.
     """
 
-    __slots__ = ("_fired", "_handle", "_task")
+    __slots__ = ("_alarm", "_fired", "_loop", "_task")
 
     def __init__(self, when: float, now: float) -> None:
-        loop = running_loop()
+        loop = self._loop = running_loop()
         self._task: asyncio.Task[Any] | None = None
         self._fired = False
         # Deadlines are on time.monotonic(); the loop's clock may have another origin.
-        self._handle = loop.call_at(loop.time() + (when - now), self._fire)
+        self._alarm = set_alarm(loop, loop.time() + (when - now), self._fire)
 
     def _fire(self) -> None:
         self._fired = True
@@ -186,7 +189,7 @@ class Watchdog:
         self._task = None
 
     def disarm(self) -> None:
-        self._handle.cancel()
+        cancel_alarm(self._loop, self._alarm)
 
 
 class LiveTimeouts(dict[str, float | None]):
@@ -267,45 +270,51 @@ class DeadlineBody(httpx.AsyncByteStream):
         self._strategy = strategy
         self._request = request
         self._watchdog: Watchdog | None = None
+        self._chunks: AsyncIterator[bytes] | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    # An iterator object rather than an async generator: asyncio registers every
+    # async generator with the loop (a hook call and a weak set entry), per body.
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._chunks is not None:
+            raise RuntimeError("a response body can be iterated only once")
+        self._chunks = aiter(self._inner)
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunks = self._chunks
+        assert chunks is not None
         deadline = self._deadline
         if deadline is None:
-            async for chunk in self._inner:
-                yield chunk
-            return
-        now = monotonic()
-        if now >= deadline:
-            raise self._strategy.expired_error(self._request, "while reading the body")
-        watchdog = self._watchdog = Watchdog(deadline, now)
-        chunks = aiter(self._inner)
+            return await anext(chunks)
+        watchdog = self._watchdog
+        if watchdog is None:
+            now = monotonic()
+            if now >= deadline:
+                raise self._strategy.expired_error(self._request, "while reading the body")
+            watchdog = self._watchdog = Watchdog(deadline, now)
         try:
-            while True:
-                try:
-                    cancelling = watchdog.watch()
-                    try:
-                        chunk = await anext(chunks)
-                    except asyncio.CancelledError:
-                        if watchdog.caused_by_us(cancelling):
-                            raise Expired from None
-                        raise
-                    finally:
-                        watchdog.unwatch()
-                except StopAsyncIteration:
-                    return
-                except Expired:
-                    raise self._strategy.expired_error(
-                        self._request, "while reading the body"
-                    ) from None
-                except httpx.TimeoutException as exc:
-                    if monotonic() >= deadline - _CLOCK_SLACK:
-                        raise self._strategy.expired_error(
-                            self._request, f"while reading the body ({type(exc).__name__})"
-                        ) from exc
-                    raise
-                yield chunk
-        finally:
+            cancelling = watchdog.watch()
+            try:
+                return await anext(chunks)
+            except asyncio.CancelledError:
+                if watchdog.caused_by_us(cancelling):
+                    raise Expired from None
+                raise
+            finally:
+                watchdog.unwatch()
+        except Expired:
             watchdog.disarm()
+            raise self._strategy.expired_error(self._request, "while reading the body") from None
+        except httpx.TimeoutException as exc:
+            watchdog.disarm()
+            if monotonic() >= deadline - _CLOCK_SLACK:
+                raise self._strategy.expired_error(
+                    self._request, f"while reading the body ({type(exc).__name__})"
+                ) from exc
+            raise
+        except BaseException:  # StopAsyncIteration included: no more reads to watch
+            watchdog.disarm()
+            raise
 
     async def aclose(self) -> None:
         if self._watchdog is not None:
