@@ -94,7 +94,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         deadline = self._timeout.call_deadline()
         if deadline is not None and monotonic() >= deadline:
             raise self._timeout.expired_error(request, "before the call was admitted")
-        await self._bulkhead.acquire(deadline)
+        if not self._bulkhead.try_acquire():
+            await self._bulkhead.acquire(deadline)
         try:
             # The first attempt goes straight through; only a retryable outcome
             # starts the retry loop (a frame less on the path every call takes).
@@ -130,7 +131,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
     async def _attempt(self, request: httpx.Request, deadline: float | None) -> httpx.Response:
         """One attempt: rate limit, breaker admission, timeouts, the pool; outcome recorded."""
-        await self._rate_limit.acquire(deadline)
+        if not self._rate_limit.unlimited_now:
+            await self._rate_limit.acquire(deadline)
         if deadline is not None and monotonic() >= deadline:
             # Checked before admission, so an attempt never sent is never recorded.
             raise self._timeout.expired_error(request, "before the attempt could start")

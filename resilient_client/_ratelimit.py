@@ -90,6 +90,11 @@ class RateLimiter:
         self._next_free = -math.inf
         self._waiting = 0
 
+    @property
+    def unlimited_now(self) -> bool:
+        """No rate limit and no pause in force: ``acquire()`` would return at once."""
+        return self._limiter is None and self._paused_until is None
+
     async def acquire(self, deadline: float | None) -> None:
         """Wait out any pause, then take a slot of the rate limit.
 
