@@ -230,6 +230,9 @@ async def test_rate_limit_holds_its_rate(upstream: Upstream) -> None:
 
         await asyncio.gather(*(caller() for _ in range(8)))
     times = sorted(r.at for r in upstream.recent)
-    # Measured from the first request on: 40/s, within 5%.
-    window = [t for t in times if t - times[0] <= 2.0]
-    assert abs((len(window) - 1) / 2.0 - 40) <= 40 * 0.05 + 0.5, len(window)
+    # Measured at the server from the first request on, over 2 s: never above the
+    # rate (5% for timing), and not starved below it either. Strict spacing cannot
+    # make up a slot the event loop wakes late for, so a busy machine falls a few
+    # percent short; it never goes over.
+    rate = (len([t for t in times if t - times[0] < 2.0]) - 1) / 2.0
+    assert 40 * 0.90 <= rate <= 40 * 1.05, rate
