@@ -43,7 +43,7 @@ from tenacity import RetryCallState
 
 from ._budget import RetryBudget
 from ._deadline import monotonic
-from ._exceptions import ResilienceError
+from ._exceptions import CircuitOpenError, RateLimitedError, ResilienceError
 from ._settings import RetryPolicy
 
 __all__ = ["IDEMPOTENT_METHODS", "RETRY_AFTER_CAP", "RetryStrategy", "retry_after_seconds"]
@@ -134,6 +134,7 @@ class RetryStrategy:
     ) -> httpx.Response:
         """Retry after a retryable ``first`` outcome; return or raise the final outcome."""
         pending: list[Outcome] = [first]
+        last: list[Outcome] = [first]  # what to hand back if a retry is refused
 
         async def next_attempt() -> httpx.Response:
             if pending:  # the first attempt, already made outside tenacity
@@ -141,10 +142,23 @@ class RetryStrategy:
                 if isinstance(outcome, BaseException):
                     raise outcome
                 return outcome
-            return await attempt()
+            try:
+                response = await attempt()
+            except (CircuitOpenError, RateLimitedError) as refusal:
+                # Refused before anything was sent (the breaker opened, or the rate
+                # limit can't fit it in time): the outcome we already have is the answer.
+                raise _Refused(last[0], refusal) from None
+            except BaseException as error:
+                last[0] = error
+                raise
+            last[0] = response
+            return response
 
         def retryable(state: RetryCallState) -> bool:
-            return self.reason_to_retry(request, _outcome_of(state)) is not None
+            outcome = _outcome_of(state)
+            if isinstance(outcome, _Refused):
+                return False
+            return self.reason_to_retry(request, outcome) is not None
 
         def wait(state: RetryCallState) -> float:
             outcome = _outcome_of(state)
@@ -171,8 +185,10 @@ class RetryStrategy:
             reason = self.reason_to_retry(request, outcome) or "unknown"
             self.retries_by_reason[reason] = self.retries_by_reason.get(reason, 0) + 1
             if isinstance(outcome, httpx.Response):
-                # Its connection goes back to the pool (or is closed) before we try again.
-                await outcome.aclose()
+                # Read a small body so the connection goes back to the pool and the
+                # response can still be handed back if the next try is refused; a
+                # large one is closed (its connection with it) before we try again.
+                await _drain(outcome)
 
         def give_up(state: RetryCallState) -> httpx.Response:
             outcome = _outcome_of(state)
@@ -188,7 +204,48 @@ class RetryStrategy:
             retry_error_callback=give_up,
             sleep=asyncio.sleep,
         )
-        return await retrying(next_attempt)
+        try:
+            return await retrying(next_attempt)
+        except _Refused as refused:
+            previous = refused.previous
+            if isinstance(previous, httpx.Response) and _readable(previous):
+                return previous
+            if isinstance(previous, BaseException):
+                raise previous from None
+            raise refused.refusal from None
+
+
+class _Refused(Exception):
+    """A retry refused before sending; carries the outcome the call already had."""
+
+    def __init__(self, previous: Outcome, refusal: Exception) -> None:
+        super().__init__(str(refusal))
+        self.previous = previous
+        self.refusal = refusal
+
+
+# Bodies up to this size are read before a retry, so the response can be returned later.
+_DRAIN_LIMIT = 64 * 1024
+
+
+async def _drain(response: httpx.Response) -> None:
+    try:
+        length = int(response.headers.get("content-length", _DRAIN_LIMIT + 1))
+        if length <= _DRAIN_LIMIT:
+            await response.aread()
+    except (httpx.HTTPError, ValueError):
+        pass  # it could not be read: it is closed below and can't be handed back
+    finally:
+        await response.aclose()
+
+
+def _readable(response: httpx.Response) -> bool:
+    """Whether the response's body was read before it was closed (see _drain)."""
+    try:
+        response.content  # noqa: B018
+    except httpx.ResponseNotRead:
+        return False
+    return True
 
 
 def _outcome_of(state: RetryCallState) -> Outcome:

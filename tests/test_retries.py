@@ -236,3 +236,20 @@ async def test_rate_limit_holds_its_rate(upstream: Upstream) -> None:
     # percent short; it never goes over.
     rate = (len([t for t in times if t - times[0] < 2.0]) - 1) / 2.0
     assert 40 * 0.90 <= rate <= 40 * 1.05, rate
+
+
+async def test_a_retry_refused_by_an_opening_breaker_hands_back_the_last_response(
+    upstream: Upstream,
+) -> None:
+    settings = _settings(attempts=3, backoff_base=0.2, backoff_max=0.2)
+    settings["default"]["breaker"] = {"consecutive_failures": 2}
+    async with rc.AsyncClient(settings=settings) as client:
+        # Two calls fail at once and wait to retry; the second failure opens the
+        # breaker, so neither retry may be sent: each call gets its own 503 back.
+        responses = await asyncio.gather(
+            client.get(upstream.url(0, "/?status=503&size=7")),
+            client.get(upstream.url(0, "/?status=503&size=7")),
+        )
+    assert [r.status_code for r in responses] == [503, 503]
+    assert [r.content for r in responses] == [b"x" * 7] * 2
+    assert _received(upstream) == 2
