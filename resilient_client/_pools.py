@@ -16,6 +16,8 @@ transport, or a pool timeout. So this module counts those per pool and:
   (``max_connections`` minus the calls the bulkhead lets in), new calls go to a
   fresh pool: orphans can never take a slot a permitted call needs;
 - a pool that timed out with fewer calls leased than slots has lost some: replaced;
+  any other pool timeout counts as an interruption (httpcore's pool timeout
+  cancels the wait for a connection, where orphans are made);
 - a pool that saw any interruption is replaced as soon as no call leases it,
   so after a storm of deadline expiries or cancellations the dependency is
   back to a clean, idle pool.
@@ -69,6 +71,10 @@ class PoolLease:
         # Counting this call, no more calls than slots: some slots were lost.
         if self._pool.leases <= self._owner.max_connections:
             self._owner.retire(self._pool)
+        else:
+            # httpcore's own pool timeout cancels the wait for a connection, the
+            # very place a cancellation can orphan one: count it like ours.
+            self.interrupted()
 
     def release(self) -> None:
         if not self._released:
