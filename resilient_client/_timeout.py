@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -41,7 +41,6 @@ __all__ = [
     "Watchdog",
 ]
 
-_T = TypeVar("_T")
 
 # The backstop fires this long after the deadline (plus up to the alarms'
 # granularity), so that where the transport honours the shrunk timeouts
