@@ -54,7 +54,7 @@ from ._ratelimit import RateLimiter
 from ._retry import RETRY_AFTER_CAP, RetryStrategy, retry_after_seconds
 from ._settings import DependencyPolicy
 from ._timeout import DeadlineBody, TimeoutStrategy
-from ._transports import Route, TransportFactory
+from ._transports import HTTPXTransportFactory, Route, TransportFactory
 
 __all__ = ["DependencyPipeline"]
 
@@ -87,6 +87,9 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self._pools = DependencyPools(
             name, transport_factory, limits, policy.bulkhead.max_concurrent
         )
+        # httpx's own transport reads its timeouts live (see DeadlineBody); another
+        # factory's, or the user's own transport, may ignore them.
+        self._pools_are_httpx = isinstance(transport_factory, HTTPXTransportFactory)
         self._retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
 
@@ -187,6 +190,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             on_close=(lambda: None) if lease is None else lease.release,
             strategy=self._timeout,
             request=request,
+            reads_live_timeouts=lease is not None and self._pools_are_httpx,
         )
         return response
 

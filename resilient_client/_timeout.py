@@ -47,6 +47,9 @@ __all__ = [
 # (httpx's does) its own timeout wins the race even on a busy event loop;
 # cancelling inside httpcore is what can leak pool slots.
 BACKSTOP_GRACE = 0.02
+# How late past the deadline a body read by httpx's own transport may end before
+# the body's alarm is set (see DeadlineBody).
+BODY_SLACK = 0.01
 # A timer can fire a hair before the instant it was set for; treat as "at the deadline".
 _CLOCK_SLACK = 0.002
 
@@ -216,8 +219,9 @@ class LiveTimeouts(dict[str, float | None]):
         self._limit = limit
         self._connect_cap = connect_cap
         left = None if limit is None else max(0.0, limit - now)
+        connect = _smallest(configured.get("connect"), left)
         super().__init__(
-            connect=_smallest(_smallest(configured.get("connect"), left), connect_cap),
+            connect=connect if connect_cap is None else _smallest(connect, connect_cap),
             read=_smallest(configured.get("read"), left),
             write=_smallest(configured.get("write"), left),
             pool=_smallest(configured.get("pool"), left),
@@ -262,8 +266,16 @@ class DeadlineBody(httpx.AsyncByteStream):
         on_close: Callable[[], None],
         strategy: TimeoutStrategy,
         request: httpx.Request,
+        reads_live_timeouts: bool = False,
     ) -> None:
         self._inner = inner
+        # httpx's own transport reads the "read" timeout live when the body starts,
+        # so each read it makes ends by (its start + the time that was left then):
+        # reads that start within BODY_SLACK of the first overshoot the deadline by
+        # at most that, and need no alarm. Only then (a slow or dripping body), or
+        # for a transport that may ignore timeouts, is the body's alarm set.
+        self._reads_live_timeouts = reads_live_timeouts
+        self._first_read_at: float | None = None
         self._deadline = deadline
         self._on_close: list[Callable[[], None]] | None = [on_close]
         self._strategy = strategy
@@ -290,6 +302,11 @@ class DeadlineBody(httpx.AsyncByteStream):
             now = monotonic()
             if now >= deadline:
                 raise self._strategy.expired_error(self._request, "while reading the body")
+            if self._reads_live_timeouts:
+                if self._first_read_at is None:
+                    self._first_read_at = now
+                if now - self._first_read_at <= BODY_SLACK:
+                    return await self._unwatched_read(chunks, deadline)
             watchdog = self._watchdog = Watchdog(deadline, now)
         try:
             cancelling = watchdog.watch()
@@ -313,6 +330,16 @@ class DeadlineBody(httpx.AsyncByteStream):
             raise
         except BaseException:  # StopAsyncIteration included: no more reads to watch
             watchdog.disarm()
+            raise
+
+    async def _unwatched_read(self, chunks: AsyncIterator[bytes], deadline: float) -> bytes:
+        try:
+            return await anext(chunks)
+        except httpx.TimeoutException as exc:
+            if monotonic() >= deadline - _CLOCK_SLACK:
+                raise self._strategy.expired_error(
+                    self._request, f"while reading the body ({type(exc).__name__})"
+                ) from exc
             raise
 
     async def aclose(self) -> None:

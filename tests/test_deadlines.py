@@ -276,3 +276,17 @@ def test_a_call_that_must_queue_on_trio_fails_with_a_clear_error() -> None:
     assert [str(e) for e in errors] == [
         "resilient_client.AsyncClient runs on asyncio only (trio is not supported)"
     ]
+
+
+async def test_a_body_that_stalls_after_a_quick_start_still_ends_by_the_deadline(
+    upstream: Upstream,
+) -> None:
+    # The first bytes come at once (no alarm is set for a body that reads quickly);
+    # then one byte every 50 ms: the body's alarm must take over.
+    async with rc.AsyncClient() as client:
+        start = time.monotonic()
+        with rc.deadline(0.3):
+            async with client.stream("GET", upstream.url(0, "/?drip=0.05&size=100")) as response:
+                with pytest.raises(rc.DeadlineExceededError):
+                    await response.aread()
+        assert time.monotonic() - start <= 0.3 + TOLERANCE
