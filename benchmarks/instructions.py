@@ -5,9 +5,10 @@ far less. Each client runs under ``valgrind --tool=callgrind`` twice, sending
 ``--small`` and then ``--large`` requests to the embedded upstream (its own
 process, not counted); the difference between the two runs, divided by the
 difference in requests, is the cost of one request without the start-up.
-At concurrency 1 the count repeats closely; above it, how many responses the
-event loop gathers per wake-up depends on timing, and the count with it (two
-runs at concurrency 10 gave ratios of 1.08 and 1.20). Needs valgrind
+Above concurrency 1, how many responses the event loop gathers per wake-up
+depends on timing, and the count with it (two runs at concurrency 10 gave
+ratios of 1.08 and 1.20); at concurrency 1 counts still move by about 3%
+between runs, so compare several. Needs valgrind
 (``apt-get install valgrind``); takes a few minutes, since valgrind runs
 Python about 50 times slower.
 
