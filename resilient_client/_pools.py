@@ -30,13 +30,45 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
 from ._transports import Route, TransportFactory
 
-__all__ = ["DependencyPools", "PoolLease"]
+__all__ = ["BackgroundCloser", "DependencyPools", "PoolLease"]
+
+
+class BackgroundCloser:
+    """Closes things later, off the caller's path, and can wait for all of them.
+
+    Used where something must be closed from synchronous code (a release, an
+    eviction): the close runs as a task, kept referenced until it is done.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, close: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Start ``close()`` as a task; False (and nothing started) with no running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        task = loop.create_task(close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def wait(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 @dataclass(eq=False)
@@ -105,7 +137,7 @@ class DependencyPools:
             self.spare_slots = max(1, self.max_connections - max_concurrent)
         self._live: dict[Route, _Pool] = {}
         self._retired: set[_Pool] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = BackgroundCloser()
         self.replaced = 0
 
     def lease(self, route: Route) -> PoolLease:
@@ -139,19 +171,14 @@ class DependencyPools:
             self._close_soon(pool)
 
     def _close_soon(self, pool: _Pool) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop now: aclose() closes it
-        self._retired.discard(pool)
-        task = loop.create_task(pool.transport.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        # With no loop running now, it stays retired and aclose() closes it.
+        if self._closing.start(pool.transport.aclose):
+            self._retired.discard(pool)
 
     @property
     def open(self) -> int:
         """Pools built and not yet closed."""
-        return len(self._live) + len(self._retired) + len(self._closing)
+        return len(self._live) + len(self._retired) + self._closing.pending
 
     def live_transports(self) -> list[httpx.AsyncBaseTransport]:
         return [pool.transport for pool in self._live.values()]
@@ -162,5 +189,4 @@ class DependencyPools:
         self._retired.clear()
         for pool in pools:
             await pool.transport.aclose()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()

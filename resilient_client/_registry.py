@@ -12,13 +12,13 @@ starts with fresh state.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import httpx
 
 from ._pipeline import DependencyPipeline
+from ._pools import BackgroundCloser
 from ._settings import DependencyPolicy, ResilienceSettings
 
 __all__ = ["DependencyRegistry", "host_key"]
@@ -63,7 +63,7 @@ class DependencyRegistry:
         self._recent: OrderedDict[tuple[str, int | None], DependencyPipeline] = OrderedDict()
         self._named_hosts: OrderedDict[tuple[str, int | None], DependencyPipeline] = OrderedDict()
         self._retiring: set[DependencyPipeline] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = BackgroundCloser()
 
     def resolve(self, url: httpx.URL) -> DependencyPipeline:
         key = host_key(url)
@@ -98,17 +98,9 @@ class DependencyRegistry:
         return None if name is None else self._named[name]
 
     def _close_retired(self, pipeline: DependencyPipeline) -> None:
-        if not pipeline.has_pools:
+        # With no loop running now, it stays retiring and the client's aclose() closes it.
+        if not pipeline.has_pools or self._closing.start(pipeline.aclose):
             self._retiring.discard(pipeline)
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop to close on now: aclose() of the client closes it
-        self._retiring.discard(pipeline)
-        task = loop.create_task(pipeline.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
     def pipelines(self) -> Iterator[DependencyPipeline]:
         """Every dependency with state now: the named ones, then tracked hosts."""
@@ -123,5 +115,4 @@ class DependencyRegistry:
         self._retiring.clear()
         for pipeline in owned:
             await pipeline.aclose()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()
