@@ -178,10 +178,12 @@ class AsyncClient(httpx.AsyncClient):
     def _build_pipeline(
         self, name: str, policy: DependencyPolicy, named: bool
     ) -> DependencyPipeline:
+        dependency = self._resilience_settings.dependencies.get(name) if named else None
         return DependencyPipeline(
             name,
             policy,
             named=named,
+            critical=dependency is not None and dependency.critical,
             route_for=self._route_for,
             transport_factory=self._transport_factory,
             limits=self._pool_limits(policy),

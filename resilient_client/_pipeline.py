@@ -70,6 +70,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         policy: DependencyPolicy,
         *,
         named: bool,
+        critical: bool = False,
         route_for: RouteSelector,
         transport_factory: TransportFactory,
         limits: httpx.Limits,
@@ -77,6 +78,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self.name = name
         self.policy = policy
         self.named = named
+        self.critical = critical
         self._route_for = route_for
         self._timeout = TimeoutStrategy(name, policy.timeout)
         self._bulkhead = Bulkhead(name, policy.bulkhead)
@@ -233,13 +235,17 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         """A JSON-serialisable snapshot of this dependency's state."""
         bulkhead = self.policy.bulkhead
         limits = self._pools.limits
+        breaker = self._breaker.health()
         return {
             "kind": "named" if self.named else "host",
+            "critical": self.critical,
+            # Usable unless its breaker is open: half-open is already probing.
+            "usable": breaker["state"] != "open",
             "in_flight": self._bulkhead.in_flight,
             "queued": self._bulkhead.queued,
             "max_concurrent": bulkhead.max_concurrent,
             "max_queue": bulkhead.max_queue,
-            "breaker": self._breaker.health(),
+            "breaker": breaker,
             "retry": {
                 "budget_left": self._retry.budget.available(),
                 "retries_by_reason": dict(self._retry.retries_by_reason),

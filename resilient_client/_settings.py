@@ -10,8 +10,11 @@ Shape (every section optional; what a dependency leaves out it takes from ``defa
     [default.bulkhead]       max_concurrent, max_queue, queue_timeout
     [default.rate_limit]     rate, period          (absent or null: no rate limit)
     [default.pool]           max_connections, max_keepalive
+    [telemetry]              deadline_header, request_id_header, redact_query,
+                             max_incoming_deadline
 
     [dependencies.payments]  hosts = ["payments.internal", "*.pay.internal:8443"]
+                             critical = true   (the readiness endpoint needs it)
     [dependencies.payments.timeout]
     total = 2.0
 
@@ -52,6 +55,7 @@ __all__ = [
     "RateLimitPolicy",
     "ResilienceSettings",
     "RetryPolicy",
+    "TelemetrySettings",
     "TimeoutPolicy",
     "load_settings",
 ]
@@ -234,6 +238,9 @@ class DependencySettings(DependencyPolicy):
     """A named dependency: the hosts it covers and what it sets apart from ``default``."""
 
     hosts: list[HostPattern] = Field(min_length=1)
+    # A readiness probe (rc.HealthEndpoint) answers 503 while a critical dependency
+    # is unusable (its breaker open).
+    critical: bool = False
 
     def policy(self) -> DependencyPolicy:
         """The policy part alone (without ``hosts``)."""
@@ -264,6 +271,33 @@ def _check_dependency_name(name: str) -> str:
 
 DependencyName = Annotated[str, AfterValidator(_check_dependency_name)]
 
+# An HTTP field name (RFC 9110 token).
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _check_header_name(name: str) -> str:
+    if not _TOKEN.match(name):
+        raise ValueError(f"{name!r} is not a valid HTTP header name")
+    return name
+
+
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+
+
+class TelemetrySettings(_Section):
+    """What every attempt carries downstream, and what telemetry may record."""
+
+    # The time the call has left, in whole milliseconds, so the next service can
+    # stop work its caller has given up on. None: not sent (nor read, by the middleware).
+    deadline_header: HeaderName | None = "X-Request-Timeout-Ms"
+    # The correlation id sent on every attempt and bound to log records.
+    request_id_header: HeaderName | None = "X-Request-ID"
+    # Query strings often carry tokens and signatures: spans record their names only.
+    redact_query: bool = True
+    # The middleware's cap on a deadline a caller asks for: a caller cannot grant
+    # itself unlimited time (or a typo a day) on this service.
+    max_incoming_deadline: Seconds = 60.0
+
 
 class ResilienceSettings(BaseSettings):
     """Resilience settings for one client: a default policy and named dependencies.
@@ -284,6 +318,7 @@ class ResilienceSettings(BaseSettings):
     default: DependencyPolicy = DependencyPolicy()
     dependencies: dict[DependencyName, DependencySettings] = {}
     max_tracked_hosts: int = Field(1024, ge=1)
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
     def _dependencies_consistent(self) -> Self:

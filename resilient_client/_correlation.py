@@ -1,0 +1,96 @@
+"""What a call carries across a hop besides trace context: its request id and its time left.
+
+The request id is a context variable, like the deadline: bound by the ASGI
+middleware for the request being handled (or by :func:`request_id` in code),
+it follows everything that runs inside, across ``await`` and into tasks created
+there. The client sends it on every attempt; a call made where none is bound
+gets one of its own, the same on all of its attempts.
+
+The time left travels as whole milliseconds, not as an absolute time: the two
+machines' clocks need not agree, and a duration measured on one monotonic
+clock and restarted on the other loses only the time in flight, which makes
+the callee's deadline slightly later than the caller's, never earlier.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = [
+    "current_request_id",
+    "format_time_left",
+    "new_request_id",
+    "parse_time_left",
+    "request_id",
+]
+
+# Longer ids are cut: a header value is logged and stored on every record.
+MAX_REQUEST_ID_LENGTH = 128
+
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "resilient_client_request_id", default=None
+)
+
+
+def current_request_id() -> str | None:
+    """The request id bound here, or None when no scope has bound one."""
+    return _current.get()
+
+
+def new_request_id() -> str:
+    """A fresh random request id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def clean_request_id(value: str) -> str | None:
+    """A request id fit to forward and log (printable ASCII, bounded), or None."""
+    value = value.strip()[:MAX_REQUEST_ID_LENGTH]
+    if not value or not value.isascii() or not value.isprintable():
+        return None  # a header value we could not send on as it came
+    return value
+
+
+@contextmanager
+def request_id(value: str | None = None) -> Iterator[str]:
+    """Bind a request id for the calls made inside (a new one if ``value`` is None).
+
+    Calls made inside send it in the request-id header on every attempt, and
+    the library's log records carry it.
+    """
+    bound = new_request_id() if value is None else clean_request_id(value)
+    if bound is None:
+        raise ValueError(f"request id {value!r} must be non-empty printable ASCII")
+    token = _current.set(bound)
+    try:
+        yield bound
+    finally:
+        _current.reset(token)
+
+
+def bind_request_id(value: str) -> contextvars.Token[str | None]:
+    """Bind ``value`` (already cleaned) until :func:`unbind_request_id`: the hot path's pair."""
+    return _current.set(value)
+
+
+def unbind_request_id(token: contextvars.Token[str | None]) -> None:
+    _current.reset(token)
+
+
+def format_time_left(seconds: float) -> str:
+    """The deadline header's value: whole milliseconds left, rounded down, at least 0.
+
+    Rounded down so the callee never believes it has more time than the caller.
+    """
+    return str(max(0, math.floor(seconds * 1000)))
+
+
+def parse_time_left(value: str) -> float | None:
+    """Seconds from a deadline header's value, or None when it is not a count of ms."""
+    value = value.strip()
+    if not value.isdigit() or len(value) > 12:  # 12 digits: about 31 years, ample
+        return None
+    return int(value) / 1000
