@@ -15,16 +15,33 @@ server can play a healthy host, a slow one and a broken one at once:
 ``location=URL``   add a ``Location: URL`` header (with ``status=302``: a redirect)
 =================  ===========================================================
 
+A port can instead be given a fault *profile* (:mod:`._profiles`), configured
+on the server side: then every request to that port is answered as the profile
+decides (latency with a tail, errors, hangs, drips, resets, 429 with
+Retry-After, outages at given times, gradual degradation), whatever its query
+string, so one request path plays a host with a behaviour over time.
+
 It counts requests per port and keeps the headers of the most recent ones, so
-tests and benchmarks measure load at the server (``GET /__stats`` gives the
-counts as JSON, for a client in another process). Only 127.0.0.1 is ever bound.
+tests and benchmarks measure load at the server. Two control paths answer on
+every port and are not counted:
+
+``GET /__stats``   the counts as JSON, for a client in another process: the
+                   requests each port received since the server started, and
+                   per port what it answered since its clock started, in total
+                   and per time bucket (``timeline``), for load-over-time plots
+``GET /__start``   restart this port's clock, counts and random generator
+                   (``?all=1``: every port's), so the next client meets the
+                   host from its beginning
+
+Only 127.0.0.1 is ever bound.
 
 Run it in a thread of this process (:class:`UpstreamThread`) for functional
 tests, or as its own process (:class:`UpstreamProcess`) wherever latency or CPU
 is measured: a server thread shares the client's GIL, and every hand-over
 between the two can cost a GIL switch interval (5 ms). As a process,
 ``python -m resilient_client._upstream --ports 2`` prints one JSON line with the
-ports, then serves until its stdin closes.
+ports, then serves until its stdin closes (``--profiles JSON`` instead of
+``--ports``: one port per profile, or per ``null`` for a query-string port).
 """
 
 from __future__ import annotations
@@ -37,22 +54,31 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import parse_qsl
+
+from ._profiles import Action, Profile, ProfileState, profiles_from_json, profiles_to_json
 
 __all__ = ["RecordedRequest", "Upstream", "UpstreamProcess", "UpstreamThread"]
 
 HOST = "127.0.0.1"
-# GET this path on any port for {"received": {port: count}} as JSON.
+# GET this path on any port for {"received": {port: count}, "ports": {...}} as JSON.
 STATS_PATH = "/__stats"
+# GET this path on a port to restart its clock (?all=1: every port's).
+START_PATH = "/__start"
+# Width in seconds of one bucket of the per-port timelines in the stats.
+DEFAULT_BUCKET = 0.1
 _MAX_HEAD = 64 * 1024
 _REASONS = {
     200: "OK",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -67,21 +93,85 @@ class RecordedRequest:
 
 
 @dataclass
+class _PortClock:
+    """What one port answered since its clock started: totals and a timeline of buckets."""
+
+    epoch: float
+    outcomes: Counter[str] = field(default_factory=Counter)
+    timeline: dict[int, Counter[str]] = field(default_factory=dict)
+
+    def count(self, label: str, now: float, bucket: float) -> None:
+        self.outcomes[label] += 1
+        index = int((now - self.epoch) / bucket)
+        slot = self.timeline.get(index)
+        if slot is None:
+            slot = self.timeline[index] = Counter()
+        slot[label] += 1
+
+    def as_dict(self, now: float, profile: Profile | None) -> dict[str, Any]:
+        return {
+            "profile": None if profile is None else profile.name,
+            "since_start": round(now - self.epoch, 3),
+            "outcomes": dict(self.outcomes),
+            "timeline": {str(i): dict(c) for i, c in sorted(self.timeline.items())},
+        }
+
+
+@dataclass
 class Upstream:
-    """The server state: listening ports, counters and recent requests."""
+    """The server state: listening ports, counters and recent requests.
+
+    ``seed`` seeds each profile port's random generator (the port's index is
+    added, so two ports with one profile still differ).
+    """
 
     ports: list[int] = field(default_factory=list)
     received: Counter[int] = field(default_factory=Counter)
     recent: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=1000))
     open_connections: int = 0
+    seed: int = 0
+    bucket: float = DEFAULT_BUCKET
     _servers: list[asyncio.Server] = field(default_factory=list)
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
+    _profiles: dict[int, ProfileState] = field(default_factory=dict)
+    _clocks: dict[int, _PortClock] = field(default_factory=dict)
 
-    async def start(self, count: int = 1) -> None:
-        for _ in range(count):
+    async def start(self, count: int = 1, profiles: Sequence[Profile | None] | None = None) -> None:
+        """Listen on ``count`` ports, or on one port per entry of ``profiles``.
+
+        A ``None`` profile leaves its port to the query-string API.
+        """
+        chosen = list(profiles) if profiles is not None else [None] * count
+        now = time.monotonic()
+        for index, profile in enumerate(chosen):
             server = await asyncio.start_server(self._serve, HOST, 0, backlog=1024)
             self._servers.append(server)
-            self.ports.append(server.sockets[0].getsockname()[1])
+            port = server.sockets[0].getsockname()[1]
+            self.ports.append(port)
+            self._clocks[port] = _PortClock(now)
+            if profile is not None:
+                self._profiles[port] = ProfileState(profile, self.seed + index, now)
+
+    def restart_clock(self, port: int) -> None:
+        """Start the port's time, counts and random draws again (``received`` keeps its total)."""
+        now = time.monotonic()
+        self._clocks[port] = _PortClock(now)
+        state = self._profiles.get(port)
+        if state is not None:
+            state.restart(now)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "received": {str(p): n for p, n in self.received.items()},
+            "bucket": self.bucket,
+            "ports": {
+                str(port): clock.as_dict(
+                    now, None if port not in self._profiles else self._profiles[port].profile
+                )
+                for port, clock in self._clocks.items()
+            },
+        }
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -134,20 +224,31 @@ class Upstream:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         body = await _read_body(reader, headers)
-        if target == STATS_PATH:
+        keep_alive = headers.get("connection", "").lower() != "close"
+        path, _, query = target.partition("?")
+        if path in (STATS_PATH, START_PATH):
             # How a benchmark in another process reads the counts; not counted itself.
-            stats = json.dumps({"received": {str(p): n for p, n in self.received.items()}})
+            if path == START_PATH:
+                for each in self.ports if query == "all=1" else [port]:
+                    self.restart_clock(each)
+            answer = json.dumps(self.stats() if path == STATS_PATH else {"restarted": True})
             writer.write(
-                f"HTTP/1.1 200 OK\r\nContent-Length: {len(stats)}\r\n"
-                f"Content-Type: application/json\r\n\r\n{stats}".encode()
+                f"HTTP/1.1 200 OK\r\nContent-Length: {len(answer)}\r\n"
+                f"Content-Type: application/json\r\n\r\n{answer}".encode()
             )
             await writer.drain()
-            return True
+            return keep_alive
+        now = time.monotonic()
         self.received[port] += 1
-        self.recent.append(RecordedRequest(port, method, target, headers, body, time.monotonic()))
+        self.recent.append(RecordedRequest(port, method, target, headers, body, now))
+        state = self._profiles.get(port)
+        if state is not None:
+            action = state.decide(now)
+            self._clocks[port].count(action.counted_as, now, self.bucket)
+            return await _answer(action, state.profile, reader, writer) and keep_alive
 
-        _, _, query = target.partition("?")
         options = dict(parse_qsl(query))
+        self._clocks[port].count(_query_label(options), now, self.bucket)
         if options.get("reset"):
             writer.transport.abort()
             return False
@@ -162,11 +263,7 @@ class Upstream:
             for key, name in (("retry_after", "Retry-After"), ("location", "Location"))
             if key in options
         )
-        reason = _REASONS.get(status, "Status")
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Length: {size}\r\n"
-            f"Content-Type: text/plain\r\n{extra}\r\n".encode("latin-1")
-        )
+        head = _head(status, size, extra)
         if "drip_head" in options:
             interval = float(options["drip_head"])
             for index in range(len(head)):
@@ -184,7 +281,59 @@ class Upstream:
         else:
             writer.write(b"x" * size)
         await writer.drain()
-        return headers.get("connection", "").lower() != "close"
+        return keep_alive
+
+
+def _head(status: int, size: int, extra: str = "") -> bytes:
+    reason = _REASONS.get(status, "Status")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Length: {size}\r\n"
+        f"Content-Type: text/plain\r\n{extra}\r\n".encode("latin-1")
+    )
+
+
+def _query_label(options: dict[str, str]) -> str:
+    """What a query-string request is counted as, in the words of the profiles' outcomes."""
+    if options.get("reset"):
+        return "reset"
+    if options.get("hang"):
+        return "hang"
+    if "drip" in options or "drip_head" in options:
+        return "drip"
+    status = int(options.get("status", 200))
+    if status == 429:
+        return "throttled"
+    return "ok" if status < 400 else "error"
+
+
+async def _answer(
+    action: Action, profile: Profile, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bool:
+    """Answer one request as its profile decided; whether the connection may be reused."""
+    kind = action.kind
+    if kind == "reset":
+        writer.transport.abort()
+        return False
+    if kind == "hang":
+        # Wait for the client to give up (EOF) rather than forever, so that hung
+        # handlers end with their connections; closed without an answer after hang_for.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.read(1), action.delay)
+        return False
+    if action.delay > 0:
+        await asyncio.sleep(action.delay)
+    if kind == "drip":
+        writer.write(_head(200, profile.drip_bytes))
+        for _ in range(profile.drip_bytes):
+            await writer.drain()
+            await asyncio.sleep(profile.drip_interval)
+            writer.write(b"x")
+    else:
+        extra = "" if action.retry_after is None else f"Retry-After: {action.retry_after}\r\n"
+        writer.write(_head(action.status, profile.body_size, extra))
+        writer.write(b"x" * profile.body_size)
+    await writer.drain()
+    return True
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
@@ -209,15 +358,19 @@ class UpstreamThread:
     it would not in production.
     """
 
-    def __init__(self, ports: int = 1) -> None:
+    def __init__(
+        self, ports: int = 1, *, profiles: Sequence[Profile | None] | None = None, seed: int = 0
+    ) -> None:
         self._count = ports
-        self.upstream = Upstream()
+        self._profiles = profiles
+        self.upstream = Upstream(seed=seed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def __enter__(self) -> Upstream:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.upstream.start(self._count), self._loop).result(5)
+        starting = self.upstream.start(self._count, self._profiles)
+        asyncio.run_coroutine_threadsafe(starting, self._loop).result(5)
         return self.upstream
 
     def __exit__(self, *exc_info: object) -> None:
@@ -233,14 +386,36 @@ class UpstreamProcess:
     A process rather than a thread, so that the server never competes with the
     client under test for the same interpreter lock. Use as ``async with``: it is
     stopped on the way out whatever happened inside.
+
+    With ``profiles`` it listens on one port per profile (``None``: a
+    query-string port), the profiles passed as JSON on its command line; ``ports``
+    is then left out. :meth:`stats` and :meth:`restart_clock` use its control paths.
     """
 
     def __init__(
-        self, ports: int = 2, *, start_timeout: float = 15.0, stop_timeout: float = 5.0
+        self,
+        ports: int | None = None,
+        *,
+        profiles: Sequence[Profile | None] | None = None,
+        seed: int = 0,
+        bucket: float = DEFAULT_BUCKET,
+        start_timeout: float = 15.0,
+        stop_timeout: float = 5.0,
     ) -> None:
+        if profiles is not None:
+            if ports is not None and ports != len(profiles):
+                raise ValueError(f"ports={ports} but {len(profiles)} profiles: give one or other")
+            ports = len(profiles)
+        elif ports is None:
+            ports = 2
         if ports < 1:
             raise ValueError(f"ports must be >= 1, got {ports}")
+        if not 0 < bucket <= 60:
+            raise ValueError(f"bucket must be more than 0 and at most 60 s, got {bucket}")
         self._count = ports
+        self._profiles = None if profiles is None else list(profiles)
+        self._seed = seed
+        self._bucket = bucket
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._process: asyncio.subprocess.Process | None = None
@@ -261,12 +436,19 @@ class UpstreamProcess:
     async def start(self) -> None:
         if self._process is not None:
             raise RuntimeError("the upstream process was already started")
+        if self._profiles is None:
+            layout = ["--ports", str(self._count)]
+        else:
+            layout = ["--profiles", profiles_to_json(self._profiles)]
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "resilient_client._upstream",
-            "--ports",
-            str(self._count),
+            *layout,
+            "--seed",
+            str(self._seed),
+            "--bucket",
+            repr(self._bucket),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             # Out of the terminal's process group: Ctrl-C interrupts the demo, which then
@@ -297,6 +479,38 @@ class UpstreamProcess:
         ):
             raise RuntimeError(f"the upstream process announced no usable ports: {line!r}")
         return ports
+
+    async def stats(self) -> dict[str, Any]:
+        """The server's counts (see ``GET /__stats`` in the module docstring)."""
+        answer: dict[str, Any] = json.loads(await self._control(self.ports[0], STATS_PATH))
+        return answer
+
+    async def restart_clock(self, *indexes: int) -> None:
+        """Restart the clock, counts and random draws of the ports at these indexes (none: all)."""
+        if not indexes:
+            await self._control(self.ports[0], START_PATH + "?all=1")
+        for index in indexes:
+            await self._control(self.ports[index], START_PATH)
+
+    async def _control(self, port: int, target: str, timeout: float = 10.0) -> bytes:
+        """One control request on a connection of its own; the answer's body."""
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(HOST, port)
+            try:
+                writer.write(
+                    f"GET {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                    "Connection: close\r\n\r\n".encode("ascii")
+                )
+                await writer.drain()
+                answer = await reader.read()  # the server closes after answering
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"the upstream answered {target} with {head[:60]!r}")
+        return body
 
     async def stop(self) -> None:
         """Close its stdin (its signal to stop), then terminate and kill it if it lingers."""
@@ -332,9 +546,11 @@ class UpstreamProcess:
         await self.stop()
 
 
-async def _serve_until_stdin_closes(count: int) -> None:
-    upstream = Upstream()
-    await upstream.start(count)
+async def _serve_until_stdin_closes(
+    count: int, profiles: list[Profile | None] | None, seed: int, bucket: float
+) -> None:
+    upstream = Upstream(seed=seed, bucket=bucket)
+    await upstream.start(count, profiles)
     print(json.dumps({"ports": upstream.ports}), flush=True)
     loop = asyncio.get_running_loop()
     # The parent holds our stdin: when it exits or closes it, we stop too.
@@ -345,8 +561,17 @@ async def _serve_until_stdin_closes(count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="fault-injecting HTTP/1.1 upstream on 127.0.0.1")
     parser.add_argument("--ports", type=int, default=1, help="how many ports to listen on")
+    parser.add_argument(
+        "--profiles",
+        type=profiles_from_json,
+        help="JSON list of fault profiles, one port each (null: a query-string port)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the profiles' random draws")
+    parser.add_argument(
+        "--bucket", type=float, default=DEFAULT_BUCKET, help="timeline bucket width in seconds"
+    )
     args = parser.parse_args()
-    asyncio.run(_serve_until_stdin_closes(args.ports))
+    asyncio.run(_serve_until_stdin_closes(args.ports, args.profiles, args.seed, args.bucket))
 
 
 if __name__ == "__main__":
