@@ -278,7 +278,7 @@ class Upstream:
                 await writer.drain()
                 await asyncio.sleep(interval)
                 writer.write(b"x")
-        else:
+        elif method != "HEAD":  # a HEAD answer has no body, whatever its Content-Length says
             writer.write(b"x" * size)
         await writer.drain()
         return keep_alive
