@@ -337,6 +337,28 @@ async def test_beside_opentelemetrys_asgi_instrumentation_one_server_span_and_no
     assert 0.4 < result["time_left"] <= 0.9
 
 
+async def test_opentelemetrys_instrumentation_inside_ours_loses_its_server_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Why docs/telemetry.md says to put OpenTelemetry's middleware outside this one.
+
+    Inside, it finds the caller's context already current and makes an INTERNAL
+    span instead of the SERVER span (OpenTelemetry's choice, pinned here so the
+    advice is revisited if that changes). The trace itself still holds together.
+    """
+    app = ResilienceMiddleware(
+        OpenTelemetryMiddleware(Starlette(routes=[Route("/", record)]), tracer_provider=provider)
+    )
+    result = await seen(app, {"traceparent": TRACEPARENT, "X-Request-ID": "outside"})
+    spans = exporter.get_finished_spans()
+    assert [s for s in spans if s.kind is trace.SpanKind.SERVER] == []
+    (outer,) = [s for s in spans if s.parent is not None and s.parent.is_remote]
+    assert outer.kind is trace.SpanKind.INTERNAL
+    assert outer.parent is not None
+    assert format(outer.parent.span_id, "016x") == PARENT_SPAN_ID
+    assert (result["trace_id"], result["request_id"]) == (TRACE_ID, "outside")
+
+
 # -- nothing leaks -------------------------------------------------------------------------
 
 
