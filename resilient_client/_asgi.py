@@ -96,6 +96,8 @@ class ResilienceMiddleware:
       case when OpenTelemetry's own ASGI instrumentation runs outside this
       middleware: it has extracted them already and started the SERVER span,
       and this middleware then adds nothing. It never starts a span itself.
+      Put OpenTelemetry's middleware outside this one: inside, it would find
+      the caller's context current and make an INTERNAL span, not a SERVER one.
     - **deadline**: the caller's time left (``deadline_header``, whole
       milliseconds) is capped at ``max_deadline`` seconds and becomes the
       deadline (``rc.current_deadline()``) of every call made through a
@@ -338,7 +340,8 @@ async def _respond(
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
-    # Nothing to start or stop; just acknowledge, until the server says shutdown.
+    # Nothing to start or stop; just acknowledge. The server drives this loop and
+    # ends it (shutdown, or cancelling the task when it stops).
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
