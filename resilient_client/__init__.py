@@ -4,7 +4,9 @@ Per dependency (matched by host) it keeps a connection pool and bulkhead of its
 own and bounds every logical call by a deadline. See docs/architecture.md.
 """
 
+from ._asgi import HealthEndpoint, ResilienceMiddleware
 from ._client import AsyncClient
+from ._correlation import current_request_id, request_id
 from ._deadline import Deadline, current_deadline, deadline
 from ._exceptions import (
     BulkheadFullError,
@@ -14,6 +16,7 @@ from ._exceptions import (
     ResilienceError,
     SettingsError,
 )
+from ._logging import ContextFilter
 from ._settings import (
     BreakerPolicy,
     BulkheadPolicy,
@@ -23,11 +26,11 @@ from ._settings import (
     RateLimitPolicy,
     ResilienceSettings,
     RetryPolicy,
+    TelemetrySettings,
     TimeoutPolicy,
 )
 from ._transports import TransportFactory
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "AsyncClient",
@@ -35,22 +38,28 @@ __all__ = [
     "BulkheadFullError",
     "BulkheadPolicy",
     "CircuitOpenError",
+    "ContextFilter",
     "Deadline",
     "DeadlineExceededError",
     "DependencyPolicy",
     "DependencySettings",
+    "HealthEndpoint",
     "PoolPolicy",
     "RateLimitPolicy",
     "RateLimitedError",
     "ResilienceError",
+    "ResilienceMiddleware",
     "ResilienceSettings",
     "RetryPolicy",
     "SettingsError",
+    "TelemetrySettings",
     "TimeoutPolicy",
     "TransportFactory",
     "__version__",
     "current_deadline",
+    "current_request_id",
     "deadline",
+    "request_id",
 ]
 
 # Public names report the public module, as httpx does.

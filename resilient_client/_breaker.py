@@ -47,7 +47,6 @@ Not thread-safe: a breaker belongs to one event loop, like the rest of a client.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
@@ -58,13 +57,13 @@ from typing import Literal
 import pybreaker
 
 from ._exceptions import CircuitOpenError
+from ._logging import context_fields, logger
 from ._settings import BreakerPolicy
 
 __all__ = ["BreakerState", "CircuitBreaker", "Permit"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
-logger = logging.getLogger("resilient_client")
 
 # The window is kept as this many time slices, so memory stays bounded however many
 # calls a busy dependency makes. The price: an outcome leaves the window when its
@@ -175,7 +174,13 @@ class _LogTransitions(pybreaker.CircuitBreakerListener):
             old,
             new,
             self.reason,
-            extra={"dependency": self.dependency, "breaker_state": new},
+            extra={
+                "event": "breaker_state",
+                "dependency": self.dependency,
+                "breaker_state": new,
+                # the call whose outcome moved it, when there is one
+                **context_fields(),
+            },
         )
 
 

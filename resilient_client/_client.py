@@ -31,11 +31,13 @@ from httpx._types import (
     QueryParamTypes,
     TimeoutTypes,
 )
+from opentelemetry import metrics, trace
 
 from ._deadline import monotonic, pop_deadline, push_deadline
 from ._pipeline import DependencyPipeline
 from ._registry import DependencyRegistry
 from ._settings import DependencyPolicy, ResilienceSettings, load_settings
+from ._telemetry import Telemetry
 from ._transports import HTTPXTransportFactory, Route, TransportFactory
 
 __all__ = ["AsyncClient"]
@@ -61,6 +63,10 @@ class AsyncClient(httpx.AsyncClient):
     ``limits``, when given, sizes each dependency's own pool (unless its ``pool``
     settings say otherwise) instead of one pool shared by every host.
 
+    ``tracer_provider`` and ``meter_provider`` are the OpenTelemetry providers for
+    this client's spans and metrics (default: the global ones, looked up on every
+    call). See docs/telemetry.md.
+
     ``transport_factory`` replaces how each dependency's pool is built (it is
     called with the dependency's name, its pool limits and the proxy httpx chose
     for the route, or None); the default builds ``httpx.AsyncHTTPTransport``
@@ -73,6 +79,8 @@ class AsyncClient(httpx.AsyncClient):
         *,
         settings: SettingsTypes = None,
         transport_factory: TransportFactory | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
         auth: AuthTypes | None = None,
         params: QueryParamTypes | None = None,
         headers: HeaderTypes | None = None,
@@ -130,6 +138,12 @@ class AsyncClient(httpx.AsyncClient):
             # not inside the first call's deadline. With transport= it is built only
             # if a URL outside the user's transport ever needs a pool.
             self._transport_factory.ssl_context  # noqa: B018
+        self._telemetry = Telemetry(
+            self._resilience_settings.telemetry,
+            self._pipelines,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
         self._registry = DependencyRegistry(self._resilience_settings, self._build_pipeline)
         self._last_resolved: tuple[httpx.URL, DependencyPipeline] | None = None
 
@@ -187,7 +201,13 @@ class AsyncClient(httpx.AsyncClient):
             route_for=self._route_for,
             transport_factory=self._transport_factory,
             limits=self._pool_limits(policy),
+            telemetry=self._telemetry,
         )
+
+    def _pipelines(self) -> typing.Iterator[DependencyPipeline]:
+        # Read by the metrics callbacks, maybe before __init__ has made the registry.
+        registry = getattr(self, "_registry", None)
+        return iter(()) if registry is None else registry.pipelines()
 
     def _pool_limits(self, policy: DependencyPolicy) -> httpx.Limits:
         given = self._client_limits
@@ -245,10 +265,12 @@ class AsyncClient(httpx.AsyncClient):
         try:
             await super().aclose()
         finally:
+            self._telemetry.close()
             await self._registry.aclose()
 
     async def __aexit__(self, *exc_info: Any) -> None:
         try:
             await super().__aexit__(*exc_info)
         finally:
+            self._telemetry.close()
             await self._registry.aclose()

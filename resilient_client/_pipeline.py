@@ -47,12 +47,15 @@ import httpx
 from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
+from ._correlation import format_time_left
 from ._deadline import monotonic
-from ._exceptions import DeadlineExceededError, ResilienceError
+from ._exceptions import CircuitOpenError, DeadlineExceededError, RateLimitedError, ResilienceError
+from ._logging import RejectionLog
 from ._pools import DependencyPools, PoolLease
 from ._ratelimit import RateLimiter
 from ._retry import RETRY_AFTER_CAP, RetryStrategy, retry_after_seconds
 from ._settings import DependencyPolicy
+from ._telemetry import CallTelemetry, Telemetry
 from ._timeout import DeadlineBody, TimeoutStrategy
 from ._transports import HTTPXTransportFactory, Route, TransportFactory
 
@@ -74,6 +77,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         route_for: RouteSelector,
         transport_factory: TransportFactory,
         limits: httpx.Limits,
+        telemetry: Telemetry,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -92,57 +96,128 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         # httpx's own transport reads its timeouts live (see DeadlineBody); another
         # factory's, or the user's own transport, may ignore them.
         self._pools_are_httpx = isinstance(transport_factory, HTTPXTransportFactory)
+        self._telemetry = telemetry
+        self._deadline_header = telemetry.settings.deadline_header
+        self._rejections = RejectionLog(name)
         self._retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        deadline = self._timeout.call_deadline()
-        if deadline is not None and monotonic() >= deadline:
-            raise self._timeout.expired_error(request, "before the call was admitted")
-        if not self._bulkhead.try_acquire():
-            await self._bulkhead.acquire(deadline)
+        call = self._telemetry.start_call(self.name, request)
+        if call is not None:
+            call.enter()
         try:
-            # The first attempt goes straight through; only a retryable outcome
-            # starts the retry loop (a frame less on the path every call takes).
-            self._retry.budget.record_request()
+            deadline = self._timeout.call_deadline()
+            if deadline is not None and monotonic() >= deadline:
+                raise self._refused(
+                    "deadline",
+                    self._timeout.expired_error(request, "before the call was admitted"),
+                    request,
+                    call,
+                )
+            if not self._bulkhead.try_acquire():
+                try:
+                    await self._bulkhead.acquire(deadline)
+                except ResilienceError as refusal:
+                    reason = (
+                        "deadline" if isinstance(refusal, DeadlineExceededError) else "bulkhead"
+                    )
+                    raise self._refused(reason, refusal, request, call) from None
             try:
-                response = await self._attempt(request, deadline)
-            except Exception as error:
-                if self._retry.reason_to_retry(request, error) is None:
-                    raise
-                response = await self._retry_after(request, error, deadline)
-            else:
-                if self._retry.reason_to_retry(request, response) is not None:
-                    response = await self._retry_after(request, response, deadline)
-        except BaseException:
-            self._release_permit()
+                # The first attempt goes straight through; only a retryable outcome
+                # starts the retry loop (a frame less on the path every call takes).
+                self._retry.budget.record_request()
+                try:
+                    response = await self._attempt(request, deadline, call)
+                except Exception as error:
+                    if self._retry.reason_to_retry(request, error) is None:
+                        raise
+                    response = await self._retry_after(request, error, deadline, call)
+                else:
+                    if self._retry.reason_to_retry(request, response) is not None:
+                        response = await self._retry_after(request, response, deadline, call)
+            except BaseException:
+                self._release_permit()
+                raise
+        except BaseException as error:
+            if call is not None:
+                call.end(error)
             raise
-        if isinstance(response.stream, DeadlineBody):
-            response.stream.also_on_close(self._release_permit)
+        finally:
+            if call is not None:
+                call.exit()
+        stream = response.stream
+        if isinstance(stream, DeadlineBody):
+            stream.also_on_close(self._release_permit)
+            if call is not None:
+                stream.also_on_close(lambda: call.end(stream.failure or response))
         else:
             self._release_permit()  # already read and closed (see _attempt)
+            if call is not None:
+                call.end(response)
         return response
 
+    def _refused(
+        self,
+        reason: str,
+        error: ResilienceError,
+        request: httpx.Request,
+        call: CallTelemetry | None,
+    ) -> ResilienceError:
+        """Report that an attempt was refused before it was sent; return the error."""
+        if call is not None:
+            call.rejected(reason, str(error))
+        self._rejections.rejected(reason, error, self._request_id_of(request))
+        return error
+
+    def _request_id_of(self, request: httpx.Request) -> str | None:
+        header = self._telemetry.settings.request_id_header
+        return None if header is None else request.headers.get(header)
+
     async def _retry_after(
-        self, request: httpx.Request, first: httpx.Response | Exception, deadline: float | None
+        self,
+        request: httpx.Request,
+        first: httpx.Response | Exception,
+        deadline: float | None,
+        call: CallTelemetry | None,
     ) -> httpx.Response:
         return await self._retry.run(
             request,
             first,
-            lambda: self._attempt(request, deadline),
+            lambda: self._attempt(request, deadline, call),
             deadline=deadline,
             breaker_open=lambda: self._breaker.state == "open",
+            observer=_RetryReport(self, request, call),
         )
 
-    async def _attempt(self, request: httpx.Request, deadline: float | None) -> httpx.Response:
+    async def _attempt(
+        self, request: httpx.Request, deadline: float | None, call: CallTelemetry | None
+    ) -> httpx.Response:
         """One attempt: rate limit, breaker admission, timeouts, the pool; outcome recorded."""
         if not self._rate_limit.unlimited_now:
-            await self._rate_limit.acquire(deadline)
+            try:
+                await self._rate_limit.acquire(deadline)
+            except RateLimitedError as refusal:
+                raise self._refused("rate_limit", refusal, request, call) from None
         if deadline is not None and monotonic() >= deadline:
             # Checked before admission, so an attempt never sent is never recorded.
-            raise self._timeout.expired_error(request, "before the attempt could start")
-        permit = self._breaker.admit()
+            raise self._refused(
+                "deadline",
+                self._timeout.expired_error(request, "before the attempt could start"),
+                request,
+                call,
+            )
+        try:
+            permit = self._breaker.admit()
+        except CircuitOpenError as refusal:
+            raise self._refused("breaker", refusal, request, call) from None
+        deadline_header = self._deadline_header
+        if deadline_header is not None:
+            time_left = self._timeout.attempt_time_left(deadline)
+            if time_left is not None:
+                request.headers[deadline_header] = format_time_left(time_left)
         lease: PoolLease | None = None
+        started = 0.0 if call is None else call.attempt_started()
         try:
             route = self._route_for(request.url)
             if isinstance(route, Route):
@@ -150,17 +225,21 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
                 transport = lease.transport
             else:
                 transport = route  # the user's own transport or mount, used as given
+            if call is not None and call.span is not None:
+                transport = self._telemetry.attempt_transport(transport)
             response = await self._timeout.attempt(
                 transport.handle_async_request,
                 request,
                 deadline,
                 on_interrupt=None if lease is None else lease.interrupted,
             )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             self._breaker.record_ignored(permit)  # the caller gave up: says nothing of them
             if lease is not None:
                 lease.interrupted()
             _release(lease)
+            if call is not None:
+                call.attempt_ended(started, cancelled)
             raise
         except Exception as error:
             if _is_local(error):
@@ -170,7 +249,11 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             else:
                 self._breaker.record_failure(permit)
             _release(lease)
+            if call is not None:
+                call.attempt_ended(started, error)
             raise
+        if call is not None:
+            call.attempt_ended(started, response)
         status = response.status_code
         if status >= 500 or status == 429:
             self._breaker.record_failure(permit)
@@ -211,6 +294,18 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
     def retired(self) -> bool:
         """Dropped from the registry: it only finishes the calls it has."""
         return self._retired
+
+    @property
+    def in_flight(self) -> int:
+        return self._bulkhead.in_flight
+
+    @property
+    def queued(self) -> int:
+        return self._bulkhead.queued
+
+    @property
+    def breaker_state(self) -> str:
+        return self._breaker.state
 
     @property
     def idle(self) -> bool:
@@ -259,6 +354,31 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             },
             "timeout": self.policy.timeout.model_dump(),
         }
+
+
+class _RetryReport:
+    """Tells telemetry and the logs what one call's retry loop did."""
+
+    __slots__ = ("_call", "_pipeline", "_request")
+
+    def __init__(
+        self, pipeline: DependencyPipeline, request: httpx.Request, call: CallTelemetry | None
+    ) -> None:
+        self._pipeline = pipeline
+        self._request = request
+        self._call = call
+
+    def retrying(self, reason: str, wait: float) -> None:
+        if self._call is not None:
+            self._call.retrying(reason, wait)
+
+    def retry_refused(self, reason: str, message: str) -> None:
+        pipeline = self._pipeline
+        if self._call is not None:
+            self._call.rejected(reason, message)
+        pipeline._rejections.rejected(
+            reason, f"retry not made: {message}", pipeline._request_id_of(self._request)
+        )
 
 
 def _release(lease: PoolLease | None) -> None:

@@ -21,7 +21,8 @@ The decisions, in the order they are taken after an attempt:
    it; the circuit breaker is open; or the retry budget is spent.
 
 When attempts stop on a retryable status the last response is returned, as
-httpx would have returned it; on an error, the last error is raised.
+httpx would have returned it; on an error, the last error is raised. A retry
+that the deadline cuts short hands back the response already in hand, if any.
 
 The first attempt runs outside tenacity: almost every call succeeds at once,
 and tenacity's machinery costs more than the request's own bookkeeping. Only a
@@ -36,6 +37,7 @@ import email.utils
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
+from typing import Protocol
 
 import httpx
 import tenacity
@@ -43,7 +45,12 @@ from tenacity import RetryCallState
 
 from ._budget import RetryBudget
 from ._deadline import monotonic
-from ._exceptions import CircuitOpenError, RateLimitedError, ResilienceError
+from ._exceptions import (
+    CircuitOpenError,
+    DeadlineExceededError,
+    RateLimitedError,
+    ResilienceError,
+)
 from ._settings import RetryPolicy
 
 __all__ = ["IDEMPOTENT_METHODS", "RETRY_AFTER_CAP", "RetryStrategy", "retry_after_seconds"]
@@ -65,6 +72,17 @@ _MAYBE_SENT = (
 
 Outcome = httpx.Response | BaseException
 Attempt = Callable[[], Awaitable[httpx.Response]]
+
+
+class RetryObserver(Protocol):
+    """What the retry loop reports, for telemetry and logs."""
+
+    def retrying(self, reason: str, wait: float) -> None:
+        """A retry is scheduled ``wait`` seconds from now, for ``reason``."""
+
+    def retry_refused(self, reason: str, message: str) -> None:
+        """A retry the outcome called for was not made: ``breaker``, ``retry_budget``
+        or ``deadline`` (running out of ``attempts`` is not a refusal)."""
 
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
@@ -131,6 +149,7 @@ class RetryStrategy:
         *,
         deadline: float | None,
         breaker_open: Callable[[], bool],
+        observer: RetryObserver,
     ) -> httpx.Response:
         """Retry after a retryable ``first`` outcome; return or raise the final outcome."""
         pending: list[Outcome] = [first]
@@ -147,7 +166,15 @@ class RetryStrategy:
             except (CircuitOpenError, RateLimitedError) as refusal:
                 # Refused before anything was sent (the breaker opened, or the rate
                 # limit can't fit it in time): the outcome we already have is the answer.
+                # (The pipeline has reported the refusal.)
                 raise _Refused(last[0], refusal) from None
+            except DeadlineExceededError as expired:
+                # The deadline ran out during a retry: a response already in hand
+                # (a 503, say) tells the caller more than the timeout does.
+                if isinstance(last[0], httpx.Response):
+                    raise _Refused(last[0], expired) from None
+                last[0] = expired
+                raise
             except BaseException as error:
                 last[0] = error
                 raise
@@ -171,19 +198,28 @@ class RetryStrategy:
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number >= self._policy.attempts:
                 return True
-            resume_at = monotonic() + state.upcoming_sleep
-            if deadline is not None and resume_at >= deadline:
-                return True  # it could only fail later: hand back what we have now
-            if deadline is None and state.upcoming_sleep > RETRY_AFTER_CAP:
+            wait = state.upcoming_sleep
+            if deadline is not None and monotonic() + wait >= deadline:
+                # It could only fail later: hand back what we have now.
+                observer.retry_refused(
+                    "deadline", f"a retry in {wait:.3f}s would pass the deadline"
+                )
+                return True
+            if deadline is None and wait > RETRY_AFTER_CAP:
                 return True
             if breaker_open():
+                observer.retry_refused("breaker", "the circuit breaker is open")
                 return True
-            return not self.budget.try_spend()  # last: it consumes a token
+            if not self.budget.try_spend():  # last: it consumes a token
+                observer.retry_refused("retry_budget", "the retry budget is spent")
+                return True
+            return False
 
         async def before_sleep(state: RetryCallState) -> None:
             outcome = _outcome_of(state)
             reason = self.reason_to_retry(request, outcome) or "unknown"
             self.retries_by_reason[reason] = self.retries_by_reason.get(reason, 0) + 1
+            observer.retrying(reason, state.upcoming_sleep)
             if isinstance(outcome, httpx.Response):
                 # Read a small body so the connection goes back to the pool and the
                 # response can still be handed back if the next try is refused; a
@@ -210,7 +246,9 @@ class RetryStrategy:
             previous = refused.previous
             if isinstance(previous, httpx.Response) and _readable(previous):
                 return previous
-            if isinstance(previous, BaseException):
+            if isinstance(previous, BaseException) and not isinstance(
+                refused.refusal, DeadlineExceededError
+            ):
                 raise previous from None
             raise refused.refusal from None
 

@@ -11,7 +11,7 @@ Shape (every section optional; what a dependency leaves out it takes from ``defa
     [default.rate_limit]     rate, period          (absent or null: no rate limit)
     [default.pool]           max_connections, max_keepalive
     [telemetry]              deadline_header, request_id_header, redact_query,
-                             max_incoming_deadline
+                             traces, metrics, max_incoming_deadline
 
     [dependencies.payments]  hosts = ["payments.internal", "*.pay.internal:8443"]
                              critical = true   (the readiness endpoint needs it)
@@ -294,6 +294,10 @@ class TelemetrySettings(_Section):
     request_id_header: HeaderName | None = "X-Request-ID"
     # Query strings often carry tokens and signatures: spans record their names only.
     redact_query: bool = True
+    # Our spans (a span per call, a CLIENT span per attempt) and metrics, when an
+    # OpenTelemetry SDK is configured. Off: trace context is still passed on.
+    traces: bool = True
+    metrics: bool = True
     # The middleware's cap on a deadline a caller asks for: a caller cannot grant
     # itself unlimited time (or a typo a day) on this service.
     max_incoming_deadline: Seconds = 60.0

@@ -77,6 +77,14 @@ class TimeoutStrategy:
         own = monotonic() + self._policy.total
         return own if in_force is None or own < in_force else in_force
 
+    def attempt_time_left(self, call_deadline: float | None) -> float | None:
+        """Seconds an attempt starting now may take (None: unbounded): what we tell downstream."""
+        attempt = self._policy.attempt
+        if call_deadline is None:
+            return attempt
+        left = call_deadline - monotonic()
+        return left if attempt is None or left < attempt else attempt
+
     def expired_error(self, request: httpx.Request, where: str) -> DeadlineExceededError:
         return DeadlineExceededError(
             self._dependency, f"the deadline passed {where}", request=request
@@ -282,6 +290,8 @@ class DeadlineBody(httpx.AsyncByteStream):
         self._request = request
         self._watchdog: Watchdog | None = None
         self._chunks: AsyncIterator[bytes] | None = None
+        # The deadline error a read raised, if one did (telemetry ends the call with it).
+        self.failure: DeadlineExceededError | None = None
 
     # An iterator object rather than an async generator: asyncio registers every
     # async generator with the loop (a hook call and a weak set entry), per body.
@@ -301,7 +311,7 @@ class DeadlineBody(httpx.AsyncByteStream):
         if watchdog is None:
             now = monotonic()
             if now >= deadline:
-                raise self._strategy.expired_error(self._request, "while reading the body")
+                raise self._expired(self._request, "while reading the body")
             if self._reads_live_timeouts:
                 if self._first_read_at is None:
                     self._first_read_at = now
@@ -320,11 +330,11 @@ class DeadlineBody(httpx.AsyncByteStream):
                 watchdog.unwatch()
         except Expired:
             watchdog.disarm()
-            raise self._strategy.expired_error(self._request, "while reading the body") from None
+            raise self._expired(self._request, "while reading the body") from None
         except httpx.TimeoutException as exc:
             watchdog.disarm()
             if monotonic() >= deadline - _CLOCK_SLACK:
-                raise self._strategy.expired_error(
+                raise self._expired(
                     self._request, f"while reading the body ({type(exc).__name__})"
                 ) from exc
             raise
@@ -337,7 +347,7 @@ class DeadlineBody(httpx.AsyncByteStream):
             return await anext(chunks)
         except httpx.TimeoutException as exc:
             if monotonic() >= deadline - _CLOCK_SLACK:
-                raise self._strategy.expired_error(
+                raise self._expired(
                     self._request, f"while reading the body ({type(exc).__name__})"
                 ) from exc
             raise
@@ -349,6 +359,10 @@ class DeadlineBody(httpx.AsyncByteStream):
             await self._inner.aclose()
         finally:
             self._release()
+
+    def _expired(self, request: httpx.Request, where: str) -> DeadlineExceededError:
+        self.failure = self._strategy.expired_error(request, where)
+        return self.failure
 
     def also_on_close(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` too when the body closes (at once if it has closed)."""

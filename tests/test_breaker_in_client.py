@@ -129,7 +129,14 @@ async def test_each_transition_is_logged_once_at_warning(
         await asyncio.sleep(0.35)
         await client.get(upstream.url(0))
     name = f"127.0.0.1:{upstream.ports[0]}"
-    records = [r for r in caplog.records if r.name == "resilient_client"]
+    ours = [r for r in caplog.records if r.name == "resilient_client"]
+    records = [r for r in ours if getattr(r, "event", None) == "breaker_state"]
     assert [r.levelno for r in records] == [logging.WARNING] * 3  # open, half-open, closed
     assert all(name in r.getMessage() for r in records)
     assert [getattr(r, "breaker_state", None) for r in records] == ["open", "half_open", "closed"]
+    # The three calls the open breaker refused: one record, not one per refusal.
+    rejections = [r for r in ours if getattr(r, "event", None) == "rejected"]
+    assert len(rejections) == 1
+    assert getattr(rejections[0], "reason", None) == "breaker"
+    assert getattr(rejections[0], "dependency", None) == name
+    assert len(ours) == 4

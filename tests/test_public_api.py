@@ -9,6 +9,12 @@ import resilient_client as rc
 
 EXPORTED = {
     "AsyncClient",
+    "request_id",
+    "current_request_id",
+    "TelemetrySettings",
+    "ResilienceMiddleware",
+    "HealthEndpoint",
+    "ContextFilter",
     "BreakerPolicy",
     "BulkheadFullError",
     "BulkheadPolicy",

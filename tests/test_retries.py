@@ -152,6 +152,29 @@ async def test_no_backoff_wait_outlives_the_deadline(upstream: Upstream) -> None
     assert response.status_code == 503
 
 
+async def test_a_retry_cut_short_by_the_deadline_hands_back_the_response_in_hand() -> None:
+    # Pure retry logic: the first attempt answers 503 at once, the retry never answers.
+    attempts = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            await asyncio.sleep(10)
+        return httpx.Response(503, content=b"busy")
+
+    settings = _settings(attempts=2)
+    async with rc.AsyncClient(settings=settings, transport=httpx.MockTransport(handler)) as client:
+        start = time.monotonic()
+        with rc.deadline(0.3):
+            response = await client.get("http://127.0.0.1:9/")
+        elapsed = time.monotonic() - start
+    assert attempts == 2
+    assert response.status_code == 503
+    assert response.content == b"busy"
+    assert elapsed < 0.3 + 0.05
+
+
 async def test_every_retried_response_is_closed_before_the_next_attempt(
     upstream: Upstream,
 ) -> None:

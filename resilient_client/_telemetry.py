@@ -1,0 +1,520 @@
+"""OpenTelemetry for the client: a span per logical call, a CLIENT span per attempt, metrics.
+
+Traces. Each call through a dependency's pipeline is one INTERNAL span,
+``"{method} {dependency}"``, from admission to the body's close, with events for
+what the layers did to it (``resilient_client.retry``, ``resilient_client.rejected``,
+``resilient_client.deadline_exceeded``). Each attempt under it is a CLIENT span
+made by OpenTelemetry's own httpx instrumentation, whose transport wraps the
+dependency's pool *inside* the retry loop: every attempt gets its own span and
+its own ``traceparent``, all children of the call's span. Our hooks add what the
+instrumentation leaves out: the stable HTTP attributes whatever the
+``OTEL_SEMCONV_STABILITY_OPT_IN`` setting, ``http.request.resend_count``,
+``error.type`` for errors, the dependency's name, and query strings redacted.
+
+Metrics: see :data:`METRICS` (names, units and attributes; docs/telemetry.md).
+
+Cost. With only opentelemetry-api installed (or no provider set) nothing here
+runs per call but two provider look-ups: no span, no instrument, no wrapper.
+An incoming trace context is still passed on (``inject`` only runs when the
+context holds something). Providers are looked up on every call, so an SDK
+configured after the client was made is picked up at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.instrumentation.httpx import (
+    AsyncOpenTelemetryTransport,
+    HTTPXClientInstrumentor,
+    RequestInfo,
+    ResponseInfo,
+)
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from ._correlation import current_request_id, new_request_id
+from ._exceptions import DeadlineExceededError
+from ._settings import TelemetrySettings
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._pipeline import DependencyPipeline
+
+__all__ = ["METRICS", "CallTelemetry", "Telemetry", "redacted_url"]
+
+SCOPE = "resilient_client"
+DEPENDENCY = "resilient_client.dependency"
+OUTCOME = "resilient_client.outcome"
+REASON = "resilient_client.reason"
+
+# name: (instrument, unit, description, attributes)
+METRICS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "resilient_client.call.duration": (
+        "histogram",
+        "s",
+        "Logical calls, from admission to the body's close (retries and waits included)",
+        (DEPENDENCY, "http.request.method", OUTCOME),
+    ),
+    "resilient_client.attempt.duration": (
+        "histogram",
+        "s",
+        "Attempts sent, until response headers or an error (errors included)",
+        (DEPENDENCY, "http.request.method", OUTCOME),
+    ),
+    "resilient_client.attempts": (
+        "counter",
+        "{attempt}",
+        "Attempts sent, by outcome",
+        (DEPENDENCY, "http.request.method", OUTCOME),
+    ),
+    "resilient_client.retries": (
+        "counter",
+        "{retry}",
+        "Retries scheduled, by the reason for retrying",
+        (DEPENDENCY, REASON),
+    ),
+    "resilient_client.rejections": (
+        "counter",
+        "{attempt}",
+        "Attempts the client refused to send: breaker, bulkhead, rate_limit, "
+        "retry_budget, deadline",
+        (DEPENDENCY, REASON),
+    ),
+    "resilient_client.calls.in_flight": (
+        "observable up-down counter",
+        "{call}",
+        "Calls holding a bulkhead permit",
+        (DEPENDENCY,),
+    ),
+    "resilient_client.calls.queued": (
+        "observable up-down counter",
+        "{call}",
+        "Calls waiting in the bulkhead queue",
+        (DEPENDENCY,),
+    ),
+    "resilient_client.breaker.state": (
+        "observable gauge",
+        "1",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+        (DEPENDENCY,),
+    ),
+}
+
+_BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+# Buckets for seconds, as the HTTP semantic conventions advise for client durations.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
+# The call whose attempt is running: the attempt span's hook reads it.
+_current_call: contextvars.ContextVar[CallTelemetry | None] = contextvars.ContextVar(
+    "resilient_client_call", default=None
+)
+
+
+def _records(provider: object) -> bool:
+    """Whether a provider records anything: the API's own proxy and no-op ones don't."""
+    module = type(provider).__module__
+    return not module.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
+
+
+def redacted_url(url: httpx.URL, redact_query: bool) -> str:
+    """The URL for telemetry: never credentials; query values replaced unless told otherwise."""
+    url = url.copy_with(username=None, password=None) if url.userinfo else url
+    if not redact_query or not url.query:
+        return str(url)
+    names = [quote(name, safe="") for name, _ in url.params.multi_items()]
+    query = "&".join(f"{name}=REDACTED" for name in names)
+    return str(url.copy_with(query=query.encode("ascii")))
+
+
+def outcome_of(result: httpx.Response | BaseException) -> str:
+    """A low-cardinality label for how an attempt or a call ended."""
+    if isinstance(result, httpx.Response):
+        status = result.status_code
+        if status < 400:
+            return "success"
+        if status == 429:
+            return "throttled"
+        return "client_error" if status < 500 else "server_error"
+    if isinstance(result, DeadlineExceededError):
+        return "deadline_exceeded"
+    if isinstance(result, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(result, httpx.ConnectError):
+        return "connect_error"
+    if isinstance(result, httpx.TransportError):
+        return "transport_error"
+    return (
+        "cancelled"
+        if isinstance(result, BaseException) and not isinstance(result, Exception)
+        else "error"
+    )
+
+
+class _Instruments:
+    """The instruments of one meter provider, shared by every client that uses it.
+
+    Shared because an SDK keeps the first instrument registered under a name and
+    drops a second one's callbacks: per-client observables would go silent.
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
+        meter = metrics.get_meter(SCOPE, __version__, meter_provider)
+        self.call_duration = meter.create_histogram(
+            "resilient_client.call.duration",
+            unit="s",
+            description=METRICS["resilient_client.call.duration"][2],
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.attempt_duration = meter.create_histogram(
+            "resilient_client.attempt.duration",
+            unit="s",
+            description=METRICS["resilient_client.attempt.duration"][2],
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.attempts = meter.create_counter(
+            "resilient_client.attempts",
+            unit="{attempt}",
+            description=METRICS["resilient_client.attempts"][2],
+        )
+        self.retries = meter.create_counter(
+            "resilient_client.retries",
+            unit="{retry}",
+            description=METRICS["resilient_client.retries"][2],
+        )
+        self.rejections = meter.create_counter(
+            "resilient_client.rejections",
+            unit="{attempt}",
+            description=METRICS["resilient_client.rejections"][2],
+        )
+        self.clients: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+        meter.create_observable_up_down_counter(
+            "resilient_client.calls.in_flight",
+            callbacks=[self._observe("in_flight")],
+            unit="{call}",
+            description=METRICS["resilient_client.calls.in_flight"][2],
+        )
+        meter.create_observable_up_down_counter(
+            "resilient_client.calls.queued",
+            callbacks=[self._observe("queued")],
+            unit="{call}",
+            description=METRICS["resilient_client.calls.queued"][2],
+        )
+        meter.create_observable_gauge(
+            "resilient_client.breaker.state",
+            callbacks=[self._observe("breaker")],
+            unit="1",
+            description=METRICS["resilient_client.breaker.state"][2],
+        )
+
+    def _observe(
+        self, what: str
+    ) -> Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]:
+        def callback(options: metrics.CallbackOptions) -> Iterator[metrics.Observation]:
+            for client in list(self.clients):
+                for pipeline in client.pipelines():
+                    if what == "breaker":
+                        value = _BREAKER_STATE_VALUE[pipeline.breaker_state]
+                    elif what == "in_flight":
+                        value = pipeline.in_flight
+                    else:
+                        value = pipeline.queued
+                    yield metrics.Observation(value, {DEPENDENCY: pipeline.name})
+
+        return callback
+
+
+_global_instruments: _Instruments | None = None
+_instruments_by_provider: weakref.WeakKeyDictionary[metrics.MeterProvider, _Instruments] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _instruments_for(meter_provider: metrics.MeterProvider | None) -> _Instruments:
+    global _global_instruments
+    if meter_provider is None:
+        # Instruments of the global proxy meter start recording once an SDK is set.
+        if _global_instruments is None:
+            _global_instruments = _Instruments(None)
+        return _global_instruments
+    instruments = _instruments_by_provider.get(meter_provider)
+    if instruments is None:
+        instruments = _instruments_by_provider[meter_provider] = _Instruments(meter_provider)
+    return instruments
+
+
+class Telemetry:
+    """One client's telemetry: its tracer, the shared instruments, per-attempt span transports."""
+
+    def __init__(
+        self,
+        settings: TelemetrySettings,
+        pipelines: Callable[[], Iterable[DependencyPipeline]],
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipelines = pipelines
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
+        self.instruments = _instruments_for(meter_provider)
+        self.instruments.clients.add(self)
+        self._request_id_header = settings.request_id_header
+        self._attempt_transports: weakref.WeakKeyDictionary[
+            httpx.AsyncBaseTransport, httpx.AsyncBaseTransport
+        ] = weakref.WeakKeyDictionary()
+
+    def close(self) -> None:
+        """The client is closed: its dependencies leave the observed metrics."""
+        self.instruments.clients.discard(self)
+
+    # -- per call --------------------------------------------------------------------
+
+    def start_call(self, dependency: str, request: httpx.Request) -> CallTelemetry | None:
+        """Stamp the call's request id; its telemetry, or None when nothing would record it."""
+        header = self._request_id_header
+        if header is not None and header not in request.headers:
+            request.headers[header] = current_or_new_request_id()
+        tracing = self.settings.traces and _records(
+            self._tracer_provider or trace.get_tracer_provider()
+        )
+        metering = self.settings.metrics and _records(
+            self._meter_provider or metrics.get_meter_provider()
+        )
+        if not tracing:
+            # No span of ours: still pass on the trace context we are in (an
+            # incoming one, or a span of the service's own), if any.
+            if otel_context.get_current():
+                propagate.inject(request.headers)
+            if not metering:
+                return None
+        return CallTelemetry(self, dependency, request, tracing=tracing, metering=metering)
+
+    def start_span(self, name: str, attributes: dict[str, Any]) -> trace.Span:
+        return self._tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
+
+    # -- per attempt -----------------------------------------------------------------
+
+    def attempt_transport(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        """``transport`` wrapped so that each request through it is a CLIENT span."""
+        if _httpx_instrumented_globally() and isinstance(transport, httpx.AsyncHTTPTransport):
+            return transport  # HTTPXClientInstrumentor already makes a span per attempt
+        wrapped = self._attempt_transports.get(transport)
+        if wrapped is None:
+            wrapped = AsyncOpenTelemetryTransport(
+                _ErrorTypeOnSpan(transport),
+                tracer_provider=self._tracer_provider,
+                meter_provider=self._meter_provider,
+                request_hook=self._attempt_request_hook,
+                response_hook=_attempt_response_hook,
+            )
+            self._attempt_transports[transport] = wrapped
+        return wrapped
+
+    async def _attempt_request_hook(self, span: trace.Span, info: RequestInfo) -> None:
+        if not span.is_recording():
+            return
+        call = _current_call.get()
+        url = info.url if isinstance(info.url, httpx.URL) else httpx.URL(str(info.url))
+        full = redacted_url(url, self.settings.redact_query)
+        method = info.method.decode() if isinstance(info.method, bytes) else str(info.method)
+        span.set_attribute("http.request.method", method)
+        span.set_attribute("url.full", full)
+        span.set_attribute("server.address", url.host)
+        if url.port is not None:
+            span.set_attribute("server.port", url.port)
+        existing = getattr(span, "attributes", None) or {}
+        if "http.url" in existing:  # the old conventions' copy of the URL, query and all
+            span.set_attribute("http.url", full)
+        if call is not None:
+            span.set_attribute(DEPENDENCY, call.dependency)
+            if call.attempts > 1:
+                span.set_attribute("http.request.resend_count", call.attempts - 1)
+
+
+async def _attempt_response_hook(
+    span: trace.Span, info: RequestInfo, response: ResponseInfo
+) -> None:
+    if not span.is_recording():
+        return
+    status = response.status_code
+    span.set_attribute("http.response.status_code", status)
+    if status >= 400:
+        span.set_attribute("error.type", str(status))
+    version = response.extensions.get("http_version") if response.extensions else None
+    if isinstance(version, bytes) and version.startswith(b"HTTP/"):
+        span.set_attribute("network.protocol.version", version[5:].decode())
+
+
+class _ErrorTypeOnSpan(httpx.AsyncBaseTransport):
+    """Innermost: names the error on the attempt's span (the old conventions don't)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except Exception as error:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute("error.type", type(error).__qualname__)
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _httpx_instrumented_globally() -> bool:
+    return bool(HTTPXClientInstrumentor().is_instrumented_by_opentelemetry)
+
+
+class CallTelemetry:
+    """The telemetry of one logical call: its span, its attempts, how it ended."""
+
+    __slots__ = (
+        "_call_token",
+        "_context_token",
+        "_ended",
+        "_metric_attributes",
+        "_started",
+        "_telemetry",
+        "attempts",
+        "dependency",
+        "span",
+    )
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        dependency: str,
+        request: httpx.Request,
+        *,
+        tracing: bool,
+        metering: bool,
+    ) -> None:
+        self._telemetry = telemetry
+        self.dependency = dependency
+        self.attempts = 0
+        self._ended = False
+        self._started = time.perf_counter()
+        self._metric_attributes: dict[str, str] | None = (
+            {DEPENDENCY: dependency, "http.request.method": request.method} if metering else None
+        )
+        self.span: trace.Span | None = None
+        self._context_token: object = None
+        self._call_token: contextvars.Token[CallTelemetry | None] | None = None
+        if tracing:
+            url = request.url
+            attributes: dict[str, Any] = {
+                "http.request.method": request.method,
+                "url.full": redacted_url(url, telemetry.settings.redact_query),
+                "server.address": url.host,
+                DEPENDENCY: dependency,
+            }
+            if url.port is not None:
+                attributes["server.port"] = url.port
+            self.span = telemetry.start_span(f"{request.method} {dependency}", attributes)
+
+    def enter(self) -> None:
+        """Make the call current: its span the parent of its attempts' spans."""
+        if self.span is not None:
+            self._context_token = otel_context.attach(trace.set_span_in_context(self.span))
+        self._call_token = _current_call.set(self)
+
+    def exit(self) -> None:
+        if self._call_token is not None:
+            _current_call.reset(self._call_token)
+            self._call_token = None
+        if self._context_token is not None:
+            otel_context.detach(self._context_token)  # type: ignore[arg-type]
+            self._context_token = None
+
+    def attempt_started(self) -> float:
+        self.attempts += 1
+        return time.perf_counter()
+
+    def attempt_ended(self, started: float, result: httpx.Response | BaseException) -> None:
+        base = self._metric_attributes
+        if base is None:
+            return
+        attributes = {**base, OUTCOME: outcome_of(result)}
+        instruments = self._telemetry.instruments
+        instruments.attempts.add(1, attributes)
+        instruments.attempt_duration.record(time.perf_counter() - started, attributes)
+
+    def retrying(self, reason: str, wait: float) -> None:
+        """A retry is scheduled after ``wait`` seconds."""
+        if self._metric_attributes is not None:
+            self._telemetry.instruments.retries.add(
+                1, {DEPENDENCY: self.dependency, REASON: reason}
+            )
+        if self.span is not None:
+            self.span.add_event(
+                "resilient_client.retry",
+                {
+                    REASON: reason,
+                    "resilient_client.retry.wait": round(wait, 6),
+                    "http.request.resend_count": self.attempts,
+                },
+            )
+
+    def rejected(self, reason: str, message: str) -> None:
+        """An attempt was refused before it was sent (see METRICS for the reasons)."""
+        if self._metric_attributes is not None:
+            self._telemetry.instruments.rejections.add(
+                1, {DEPENDENCY: self.dependency, REASON: reason}
+            )
+        if self.span is not None:
+            self.span.add_event(
+                "resilient_client.rejected", {REASON: reason, "exception.message": message}
+            )
+
+    def end(self, result: httpx.Response | BaseException) -> None:
+        """The call is over (its body closed, or it failed); only the first end counts."""
+        if self._ended:
+            return
+        self._ended = True
+        outcome = outcome_of(result)
+        if self._metric_attributes is not None:
+            self._telemetry.instruments.call_duration.record(
+                time.perf_counter() - self._started, {**self._metric_attributes, OUTCOME: outcome}
+            )
+        span = self.span
+        if span is None:
+            return
+        span.set_attribute(OUTCOME, outcome)
+        span.set_attribute("resilient_client.attempts", self.attempts)
+        if isinstance(result, httpx.Response):
+            status = result.status_code
+            span.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+        else:
+            if isinstance(result, DeadlineExceededError):
+                span.add_event(
+                    "resilient_client.deadline_exceeded", {"exception.message": str(result)}
+                )
+            span.set_attribute("error.type", type(result).__qualname__)
+            span.record_exception(result)
+            span.set_status(Status(StatusCode.ERROR, f"{type(result).__name__}: {result}"))
+        span.end()
+
+    def body_failed(self, error: BaseException) -> None:
+        """Reading the body failed (the deadline passed while it dripped, say)."""
+        self.end(error)
+
+
+def current_or_new_request_id() -> str:
+    return current_request_id() or new_request_id()
