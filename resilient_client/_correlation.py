@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import math
-import uuid
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -42,8 +42,14 @@ def current_request_id() -> str | None:
 
 
 def new_request_id() -> str:
-    """A fresh random request id (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh random request id (32 hex digits).
+
+    From ``random`` rather than ``uuid4`` (a fifth of the cost, on every call):
+    an id correlates, it guards nothing, so it needs to be unique, not
+    unguessable. ``random`` is reseeded in a forked child, so worker processes
+    forked from one parent do not repeat each other's ids.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def clean_request_id(value: str) -> str | None:
@@ -85,7 +91,7 @@ def format_time_left(seconds: float) -> str:
 
     Rounded down so the callee never believes it has more time than the caller.
     """
-    return str(max(0, math.floor(seconds * 1000)))
+    return str(math.floor(seconds * 1000)) if seconds > 0 else "0"
 
 
 def parse_time_left(value: str) -> float | None:

@@ -14,10 +14,11 @@ instrumentation leaves out: the stable HTTP attributes whatever the
 Metrics: see :data:`METRICS` (names, units and attributes; docs/telemetry.md).
 
 Cost. With only opentelemetry-api installed (or no provider set) nothing here
-runs per call but two provider look-ups: no span, no instrument, no wrapper.
-An incoming trace context is still passed on (``inject`` only runs when the
-context holds something). Providers are looked up on every call, so an SDK
-configured after the client was made is picked up at once.
+runs per call but a clock read: no span, no instrument, no wrapper. An
+incoming trace context is still passed on (``inject`` only runs when the
+context holds something). The global providers are looked up again at most
+once a second, so an SDK configured after the client was made is picked up
+within a second.
 """
 
 from __future__ import annotations
@@ -123,6 +124,31 @@ def _records(provider: object) -> bool:
     """Whether a provider records anything: the API's own proxy and no-op ones don't."""
     module = type(provider).__module__
     return not module.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
+
+
+class _GlobalProviders:
+    """Whether the global tracer and meter providers record, looked up at most once a second.
+
+    Looking them up costs a few microseconds (an environment read each, while
+    no SDK is set): too much for every call, and an SDK is set up once, at start.
+    """
+
+    RECHECK_EVERY = 1.0
+
+    def __init__(self) -> None:
+        self._next_check = 0.0
+        self.tracing = False
+        self.metering = False
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.RECHECK_EVERY
+            self.tracing = _records(trace.get_tracer_provider())
+            self.metering = _records(metrics.get_meter_provider())
+
+
+_global_providers = _GlobalProviders()
 
 
 def redacted_url(url: httpx.URL, redact_query: bool) -> str:
@@ -270,6 +296,11 @@ class Telemetry:
         self.instruments = _instruments_for(meter_provider)
         self.instruments.clients.add(self)
         self._request_id_header = settings.request_id_header
+        self._traces = settings.traces
+        self._metrics = settings.metrics
+        # A provider given to the client is used as given; the global ones may change.
+        self._tracer_records = None if tracer_provider is None else _records(tracer_provider)
+        self._meter_records = None if meter_provider is None else _records(meter_provider)
         self._attempt_transports: weakref.WeakKeyDictionary[
             httpx.AsyncBaseTransport, httpx.AsyncBaseTransport
         ] = weakref.WeakKeyDictionary()
@@ -285,11 +316,13 @@ class Telemetry:
         header = self._request_id_header
         if header is not None and header not in request.headers:
             request.headers[header] = current_or_new_request_id()
-        tracing = self.settings.traces and _records(
-            self._tracer_provider or trace.get_tracer_provider()
+        providers = _global_providers
+        providers.refresh()
+        tracing = self._traces and (
+            providers.tracing if self._tracer_records is None else self._tracer_records
         )
-        metering = self.settings.metrics and _records(
-            self._meter_provider or metrics.get_meter_provider()
+        metering = self._metrics and (
+            providers.metering if self._meter_records is None else self._meter_records
         )
         if not tracing:
             # No span of ours: still pass on the trace context we are in (an
