@@ -1,0 +1,247 @@
+"""``resilient-client bench``: the command on tiny scenarios, its report, plots and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from resilient_client._bench import NOT_SENT, OK, CallLog, amplification_between, recovery_time
+from resilient_client._cli import build_parser, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench_help(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_explains_every_option_and_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _bench_help(capsys)
+    assert out.startswith("usage: resilient-client bench ")
+    parser = build_parser()
+    bench = next(
+        action.choices["bench"]
+        for action in parser._actions
+        if isinstance(action.choices, dict) and "bench" in action.choices
+    )
+    options = [s for action in bench._actions for s in action.option_strings if s.startswith("--")]
+    assert "--settings" in options
+    listed = out.split("options:")[1]
+    for option in options:
+        assert option in listed, option
+    for action in bench._actions:
+        if action.option_strings and action.help:
+            assert action.help.split()[0] in listed, action.option_strings
+    for scenario in ("healthy", "slow-dependency", "outage", "flapping", "throttled", "payments"):
+        assert scenario in out
+    assert "pip install 'resilient-client[bench]'" in out
+
+
+def test_the_top_level_help_points_to_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "bench" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--scenario", "nope"],
+        ["--clients", "httpx,curl"],
+        ["--clients", "httpx,httpx"],
+        ["--duration", "0"],
+        ["--rate", "-5"],
+        ["--load", "sideways"],
+        ["--workers", "0"],
+    ],
+)
+def test_bad_values_are_refused_before_running(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", *argv])
+    assert exited.value.code == 2
+    assert f"argument {argv[0]}" in capsys.readouterr().err
+
+
+def _bad_settings(tmp_path: Path) -> Path:
+    path = tmp_path / "resilience.toml"
+    path.write_text("[default.retry]\nattempts = 0\n[default.breaker]\nopen_fr = 3\n")
+    return path
+
+
+@pytest.mark.usefixtures("clean_resilience_env")
+def test_a_bad_settings_file_gives_the_library_error_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", "--settings", str(_bad_settings(tmp_path)), "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("resilient-client bench: error: invalid resilience settings in ")
+    assert "default.retry.attempts" in err
+    assert "default.breaker.open_fr: unknown setting" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.usefixtures("clean_resilience_env")
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--settings", "{missing}"], "does not exist"),
+        (["--settings", "{good}", "--dependency", "ledger"], "names no dependency 'ledger'"),
+        (["--dependency", "payments"], "--dependency needs --settings"),
+        (["--clients", "settings"], "needs --settings"),
+    ],
+)
+def test_unusable_settings_choices_are_clear_errors(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[dependencies.payments]\nhosts = ["payments.internal"]\n')
+    argv = [a.format(missing=tmp_path / "none.toml", good=good) for a in extra]
+    assert main(["bench", *argv, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_missing_extras_name_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # None in sys.modules makes the import fail, as if matplotlib were not installed.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["bench", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "matplotlib" in err
+    assert "pip install 'resilient-client[bench]'" in err
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), path
+    # A blank canvas of this size is a few KB; drawn axes, lines and text make it more.
+    assert len(data) > 10_000, (path, len(data))
+
+
+@pytest.mark.usefixtures("clean_resilience_env")
+def test_a_tiny_outage_run_writes_the_report_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["bench", "--scenario", "outage", "--duration", "1.5", "--rate", "60"]
+    argv += ["--clients", "httpx,defaults", "--grace", "3", "--out", str(out), "--seed", "4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "bare httpx" in printed
+    assert "resilient (defaults)" in printed
+    assert "upstream requests/call" in printed
+
+    report = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert report["tool"] == "resilient-client bench"
+    assert report["machine"]["nproc"] >= 1
+    assert report["machine"]["packages"]["httpx"]
+    assert report["options"]["seed"] == 4
+    assert report["options"]["scenarios"] == ["outage"]
+    assert list(report["clients"]) == ["httpx", "defaults"]
+    assert "default_policy" in report["clients"]["defaults"]["description"]
+    outage = report["scenarios"]["outage"]
+    assert outage["outages_s"] == [{"start": 0.375, "end": 0.825}]
+    assert outage["load"]["mode"] == "open"
+    assert outage["hosts"]["dep"]["outages"][0]["status"] == 503
+    for key in ("httpx", "defaults"):
+        result = outage["results"][key]
+        dep = result["hosts"]["dep"]
+        assert dep["calls"] > 20
+        assert dep["calls"] == dep["ok"] + sum(dep["errors"].values())
+        assert set(dep["latency_ms"]) == {"p50", "p90", "p99", "p999", "max"}
+        # Every request the server saw is one it answered, by kind.
+        assert dep["upstream"]["requests"] == sum(dep["upstream"]["answered"].values())
+        assert dep["upstream"]["answered"].get("outage", 0) > 0
+        timeline = result["timeline"]["hosts"]["dep"]
+        assert sum(row["calls"] for row in timeline) == dep["calls"]
+        assert sum(row["upstream_requests"] for row in timeline) == dep["upstream"]["requests"]
+        headline = outage["headline"][key]
+        assert {"success_ratio", "p99_ms", "upstream_per_call", "outages"} <= set(headline)
+        assert {"per_call", "recovery_s", "failed"} <= set(headline["outages"][0])
+    # Bare httpx sends every call; it has no breaker to sample.
+    assert outage["headline"]["httpx"]["outages"][0]["per_call"] == pytest.approx(1.0, abs=0.1)
+    assert all(sample["hosts"] == {} for sample in outage["results"]["httpx"]["breaker"])
+    states = {
+        sample["hosts"]["dep"]["state"]
+        for sample in outage["results"]["defaults"]["breaker"]
+        if "dep" in sample["hosts"]
+    }
+    assert "open" in states
+
+    for kind in ("latency", "errors", "breaker", "load"):
+        _assert_png(out / f"outage-{kind}.png")
+
+
+@pytest.mark.usefixtures("clean_resilience_env")
+def test_settings_hand_written_and_closed_loop_in_one_tiny_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "resilience.toml"
+    settings.write_text(
+        "[dependencies.payments]\n"
+        'hosts = ["payments.internal"]\n'
+        "[dependencies.payments.breaker]\n"
+        "open_for = 1.5\n"
+        "[dependencies.payments.bulkhead]\n"
+        "max_concurrent = 7\n"
+    )
+    argv = ["bench", "--scenario", "healthy,flapping", "--duration", "1", "--load", "closed"]
+    argv += ["--workers", "3", "--settings", str(settings), "--dependency", "payments"]
+    argv += ["--clients", "httpx,hand-written,settings", "--no-plots", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    assert not list(tmp_path.glob("*.png"))
+    policy = report["clients"]["settings"]["description"]["default_policy"]
+    assert policy["breaker"]["open_for"] == 1.5
+    assert policy["bulkhead"]["max_concurrent"] == 7
+    assert report["options"]["dependency"] == "payments"
+    healthy = report["scenarios"]["healthy"]
+    assert healthy["load"]["streams"] == [{"host": "api", "workers": 3, "think_time_s": 0.0}]
+    for key in ("hand-written", "settings"):
+        # Measured side by side with bare httpx, segment by segment.
+        assert healthy["headline"][key]["cpu_ratio_vs_httpx"] > 0
+        assert healthy["results"][key]["hosts"]["api"]["success_ratio"] == 1.0
+    flapping = report["scenarios"]["flapping"]["results"]
+    # The hand-written retries send more than one request per call to a flapping host.
+    assert flapping["hand-written"]["hosts"]["flaky"]["upstream"]["per_call"] > 1.0
+    assert flapping["httpx"]["hosts"]["flaky"]["upstream"]["per_call"] == pytest.approx(1.0)
+
+
+def _log(*calls: tuple[float, str]) -> CallLog:
+    log = CallLog()
+    for start, outcome in calls:
+        log.add(start, 0.01, outcome)
+    return log
+
+
+def test_recovery_is_the_end_of_the_last_failing_window_after_the_outage() -> None:
+    fail, ok = "HTTP 503", OK
+    log = _log(
+        *[(4.0 + i * 0.1, fail) for i in range(10)], *[(5.0 + i * 0.1, ok) for i in range(40)]
+    )
+    assert recovery_time(log, outage_end=3.0, until=9.0) == 2.0
+    assert recovery_time(_log((3.1, ok), (8.0, ok)), outage_end=3.0, until=9.0) == 0.0
+    # Still failing at the end of the run: not recovered within it.
+    assert recovery_time(_log((3.1, ok), (8.9, fail)), outage_end=3.0, until=9.0) is None
+    assert recovery_time(_log((1.0, ok)), outage_end=3.0, until=9.0) is None
+    # Calls the load generator never sent say nothing about recovery.
+    assert recovery_time(_log((3.1, ok), (4.0, NOT_SENT)), outage_end=3.0, until=9.0) == 0.0
+
+
+def test_amplification_counts_the_window_only() -> None:
+    log = _log((0.5, OK), (1.2, "HTTP 503"), (1.5, "HTTP 503"), (2.5, OK))
+    received = {"timeline": {"5": {"ok": 1}, "12": {"outage": 3}, "15": {"outage": 3}}}
+    figures = amplification_between(log, received, bucket=0.1, start=1.0, end=2.0)
+    assert figures == {"calls": 2, "upstream_requests": 6, "per_call": 3.0}
