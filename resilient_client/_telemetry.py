@@ -340,8 +340,12 @@ class Telemetry:
 
     def attempt_transport(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         """``transport`` wrapped so that each request through it is a CLIENT span."""
-        if _httpx_instrumented_globally() and isinstance(transport, httpx.AsyncHTTPTransport):
-            return transport  # HTTPXClientInstrumentor already makes a span per attempt
+        if isinstance(transport, AsyncOpenTelemetryTransport) or (
+            _httpx_instrumented_globally() and isinstance(transport, httpx.AsyncHTTPTransport)
+        ):
+            return (
+                transport  # already a span per attempt (the user's, or HTTPXClientInstrumentor's)
+            )
         wrapped = self._attempt_transports.get(transport)
         if wrapped is None:
             wrapped = AsyncOpenTelemetryTransport(

@@ -409,3 +409,39 @@ async def test_traces_switched_off_in_settings_still_pass_context_on(
     assert [span.name for span in exporter.get_finished_spans()] == ["handler"]
     (request,) = _requests(upstream)
     assert _traceparent(request)[1] == format(handler.get_span_context().span_id, "016x")
+
+
+async def test_a_global_sdk_set_up_after_the_client_is_picked_up(
+    upstream: Upstream,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resilient_client import _telemetry
+
+    provider, exporter = spans
+    async with rc.AsyncClient(settings=_settings()) as client:
+        await client.get(upstream.url(0))  # the API alone: nothing recorded
+        # What trace.set_tracer_provider() would do, without changing it for the process.
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+        monkeypatch.setattr(_telemetry._global_providers, "_next_check", 0.0)  # a second on
+        client._telemetry._tracer = provider.get_tracer("resilient_client")
+        await client.get(upstream.url(0))
+    assert len(_by_kind(exporter, SpanKind.INTERNAL)) == 1
+    first, second = _requests(upstream)
+    assert "traceparent" not in first.headers
+    assert "traceparent" in second.headers
+
+
+async def test_a_users_instrumented_transport_gets_no_second_span_per_attempt(
+    upstream: Upstream, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
+
+    provider, exporter = spans
+    transport = AsyncOpenTelemetryTransport(httpx.AsyncHTTPTransport(), tracer_provider=provider)
+    async with rc.AsyncClient(
+        settings=_settings(), transport=transport, tracer_provider=provider
+    ) as client:
+        await client.get(upstream.url(0, "/?status=503"))
+    assert len(_by_kind(exporter, SpanKind.CLIENT)) == 3
+    assert len({r.headers["traceparent"] for r in _requests(upstream)}) == 3
