@@ -1,7 +1,7 @@
 """Two services chained: what a request carries from one hop to the next.
 
 Service A (FastAPI) answers ``GET /order`` by calling service B (Starlette) with a
-resilient client. Both run ResilienceMiddleware. A caller sends A a trace
+resilient client. Both run rc.ResilienceMiddleware. A caller sends A a trace
 context, a deadline and a request id; the script prints what each service saw,
 then asks A's readiness endpoint. Both servers listen on 127.0.0.1, on ports the
 system picks, and are stopped at the end.
@@ -33,11 +33,6 @@ from starlette.routing import Route
 
 import resilient_client as rc
 
-# Private paths until the package exports these names.
-from resilient_client._asgi import HealthEndpoint, ResilienceMiddleware
-from resilient_client._correlation import current_request_id
-from resilient_client._logging import ContextFilter
-
 log = logging.getLogger("example")
 
 
@@ -46,7 +41,7 @@ def what_this_hop_sees(request: Request) -> dict[str, Any]:
     span = trace.get_current_span().get_span_context()
     return {
         "trace": format(span.trace_id, "032x") if span.is_valid else None,
-        "request_id": current_request_id(),
+        "request_id": rc.current_request_id(),
         "ms_left": None if at is None else round((at - time.monotonic()) * 1000),
         "deadline_header": request.headers.get("x-request-timeout-ms"),
     }
@@ -57,7 +52,9 @@ def service_b() -> Starlette:
         log.info("service B: counting stock")
         return JSONResponse(what_this_hop_sees(request))
 
-    return Starlette(routes=[Route("/stock", stock)], middleware=[Middleware(ResilienceMiddleware)])
+    return Starlette(
+        routes=[Route("/stock", stock)], middleware=[Middleware(rc.ResilienceMiddleware)]
+    )
 
 
 def service_a(b_url: str) -> FastAPI:
@@ -71,8 +68,8 @@ def service_a(b_url: str) -> FastAPI:
         yield
         await client.aclose()  # on the server's own event loop
 
-    app = FastAPI(lifespan=lifespan, routes=[Route("/health/ready", HealthEndpoint(client))])
-    app.add_middleware(ResilienceMiddleware)
+    app = FastAPI(lifespan=lifespan, routes=[Route("/health/ready", rc.HealthEndpoint(client))])
+    app.add_middleware(rc.ResilienceMiddleware)
 
     @app.get("/order")
     async def order(request: Request) -> dict[str, Any]:
@@ -108,7 +105,7 @@ def serve(app: Any) -> Iterator[str]:
 
 def main() -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.addFilter(ContextFilter())  # adds request_id, trace_id, span_id to every record
+    handler.addFilter(rc.ContextFilter())  # adds request_id, trace_id, span_id to every record
     handler.setFormatter(
         logging.Formatter("  log: %(message)s [request_id=%(request_id)s trace_id=%(trace_id)s]")
     )
