@@ -445,3 +445,33 @@ async def test_a_users_instrumented_transport_gets_no_second_span_per_attempt(
         await client.get(upstream.url(0, "/?status=503"))
     assert len(_by_kind(exporter, SpanKind.CLIENT)) == 3
     assert len({r.headers["traceparent"] for r in _requests(upstream)}) == 3
+
+
+def test_with_no_sdk_installed_calls_work_and_record_nothing(upstream: Upstream) -> None:
+    # A fresh interpreter where importing the SDK fails, as on a service that has
+    # only opentelemetry-api: the client must not need it anywhere.
+    import subprocess
+    import sys
+
+    script = f"""
+import asyncio, sys
+sys.modules["opentelemetry.sdk"] = None  # any import of the SDK now raises ImportError
+import resilient_client as rc
+
+async def main():
+    async with rc.AsyncClient() as client:
+        response = await client.get("{upstream.url(0, "/?status=503")}")
+    print(response.status_code)
+
+asyncio.run(main())
+assert not any(name.startswith("opentelemetry.sdk") for name in sys.modules if sys.modules[name])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "503"
+    sent = _requests(upstream)
+    assert len(sent) == 3
+    assert all("traceparent" not in request.headers for request in sent)
+    assert all("x-request-id" in request.headers for request in sent)
