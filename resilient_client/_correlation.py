@@ -20,7 +20,10 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
+
 __all__ = [
+    "HeaderSlot",
     "current_request_id",
     "format_time_left",
     "new_request_id",
@@ -100,3 +103,51 @@ def parse_time_left(value: str) -> float | None:
     if not value.isdigit() or len(value) > 12:  # 12 digits: about 31 years, ample
         return None
     return int(value) / 1000
+
+
+class HeaderSlot:
+    """One header the client writes on every call or attempt, written cheaply.
+
+    ``name in headers`` makes httpx work out the headers' encoding by decoding
+    every one of them, on each call: a few microseconds per request for two
+    headers, which is a visible share of the client's own cost. The names here
+    are ASCII by construction (settings accept RFC 9110 tokens only), and the
+    values we write are ASCII, so the lookup compares bytes directly on the
+    headers' list, the same list ``httpx.Headers`` keeps; if a future httpx
+    keeps them otherwise, the public (slower) operations are used.
+    """
+
+    __slots__ = ("_lower", "_raw", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._raw = name.encode("ascii")
+        self._lower = self._raw.lower()
+
+    def get(self, headers: httpx.Headers) -> str | None:
+        """The header's first value, or None."""
+        entries = getattr(headers, "_list", None)
+        if not isinstance(entries, list):
+            value: str | None = headers.get(self.name)
+            return value
+        lower = self._lower
+        for _, key, raw in entries:
+            if key == lower:
+                return bytes(raw).decode("latin-1")
+        return None
+
+    def set(self, headers: httpx.Headers, value: str) -> None:
+        """Set the header to ``value`` (ASCII), replacing any value it had."""
+        entries = getattr(headers, "_list", None)
+        if not isinstance(entries, list):
+            headers[self.name] = value
+            return
+        lower = self._lower
+        entry = (self._raw, lower, value.encode("ascii"))
+        for index, (_, key, _) in enumerate(entries):
+            if key == lower:
+                entries[index] = entry
+                # Any later duplicates go, as httpx's own __setitem__ removes them.
+                entries[index + 1 :] = [e for e in entries[index + 1 :] if e[1] != lower]
+                return
+        entries.append(entry)

@@ -47,7 +47,7 @@ import httpx
 from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
-from ._correlation import format_time_left
+from ._correlation import HeaderSlot, format_time_left
 from ._deadline import monotonic
 from ._exceptions import CircuitOpenError, DeadlineExceededError, RateLimitedError, ResilienceError
 from ._logging import RejectionLog
@@ -97,7 +97,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         # factory's, or the user's own transport, may ignore them.
         self._pools_are_httpx = isinstance(transport_factory, HTTPXTransportFactory)
         self._telemetry = telemetry
-        self._deadline_header = telemetry.settings.deadline_header
+        header = telemetry.settings.deadline_header
+        self._deadline_header = None if header is None else HeaderSlot(header)
         self._rejections = RejectionLog(name)
         self._retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
@@ -171,8 +172,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         return error
 
     def _request_id_of(self, request: httpx.Request) -> str | None:
-        header = self._telemetry.settings.request_id_header
-        return None if header is None else request.headers.get(header)
+        header = self._telemetry.request_id_header
+        return None if header is None else header.get(request.headers)
 
     async def _retry_after(
         self,
@@ -215,7 +216,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         if deadline_header is not None:
             time_left = self._timeout.attempt_time_left(deadline)
             if time_left is not None:
-                request.headers[deadline_header] = format_time_left(time_left)
+                deadline_header.set(request.headers, format_time_left(time_left))
         lease: PoolLease | None = None
         started = 0.0 if call is None else call.attempt_started()
         try:

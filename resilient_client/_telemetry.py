@@ -41,7 +41,7 @@ from opentelemetry.instrumentation.httpx import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._correlation import current_request_id, new_request_id
+from ._correlation import HeaderSlot, current_request_id, new_request_id
 from ._exceptions import DeadlineExceededError
 from ._settings import TelemetrySettings
 from ._version import __version__
@@ -295,7 +295,8 @@ class Telemetry:
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         self.instruments = _instruments_for(meter_provider)
         self.instruments.clients.add(self)
-        self._request_id_header = settings.request_id_header
+        name = settings.request_id_header
+        self.request_id_header = None if name is None else HeaderSlot(name)
         self._traces = settings.traces
         self._metrics = settings.metrics
         # A provider given to the client is used as given; the global ones may change.
@@ -313,9 +314,9 @@ class Telemetry:
 
     def start_call(self, dependency: str, request: httpx.Request) -> CallTelemetry | None:
         """Stamp the call's request id; its telemetry, or None when nothing would record it."""
-        header = self._request_id_header
-        if header is not None and header not in request.headers:
-            request.headers[header] = current_or_new_request_id()
+        header = self.request_id_header
+        if header is not None and header.get(request.headers) is None:
+            header.set(request.headers, current_request_id() or new_request_id())
         providers = _global_providers
         providers.refresh()
         tracing = self._traces and (
@@ -551,7 +552,3 @@ class CallTelemetry:
     def body_failed(self, error: BaseException) -> None:
         """Reading the body failed (the deadline passed while it dripped, say)."""
         self.end(error)
-
-
-def current_or_new_request_id() -> str:
-    return current_request_id() or new_request_id()

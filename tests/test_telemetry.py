@@ -475,3 +475,19 @@ assert not any(name.startswith("opentelemetry.sdk") for name in sys.modules if s
     assert len(sent) == 3
     assert all("traceparent" not in request.headers for request in sent)
     assert all("x-request-id" in request.headers for request in sent)
+
+
+def test_header_slots_read_and_write_like_httpx_headers() -> None:
+    from resilient_client._correlation import HeaderSlot
+
+    headers = httpx.Headers([("X-Request-ID", "a"), ("Accept", "*/*"), ("x-request-id", "b")])
+    slot = HeaderSlot("X-Request-Id")
+    assert slot.get(headers) == "a"
+    slot.set(headers, "c")
+    assert headers.get_list("x-request-id") == ["c"]  # duplicates gone, as httpx does
+    assert list(headers.keys()) == ["x-request-id", "accept"]
+    missing = HeaderSlot("X-Request-Timeout-Ms")
+    assert missing.get(headers) is None
+    missing.set(headers, "250")
+    assert headers["x-request-timeout-ms"] == "250"
+    assert headers.raw[-1] == (b"X-Request-Timeout-Ms", b"250")
