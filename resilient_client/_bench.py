@@ -898,7 +898,7 @@ def host_timeline(
 def recovery_time(
     log: CallLog, outage_end: float, until: float, window: float = 0.25, good: float = 0.95
 ) -> float | None:
-    """Seconds from the outage's end until calls succeed again; None if not within the run.
+    """Seconds from the outage's end until calls succeed again; None if not before ``until``.
 
     Calls are grouped by start time in ``window``-second windows from the end of
     the outage on; the time is the end of the last window in which fewer than
@@ -906,7 +906,7 @@ def recovery_time(
     """
     windows: dict[int, list[int]] = {}
     for start, outcome in zip(log.starts, log.outcomes, strict=True):
-        if start >= outage_end and _sent(outcome):
+        if outage_end <= start < until and _sent(outcome):
             slot = windows.setdefault(int((start - outage_end) / window), [0, 0])
             slot[0] += 1
             slot[1] += outcome == OK

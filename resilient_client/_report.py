@@ -82,6 +82,7 @@ def _scenario(result: ScenarioResult) -> dict[str, Any]:
     headline: dict[str, Any] = {}
     costs = overhead(result)
     outages = outages_of(result.hosts[focus])
+    next_starts = sorted(start for start, _ in outages)[1:]
     for run in result.runs:
         hosts = {
             name: host_figures(log, run.received[name], duration) for name, log in run.logs.items()
@@ -126,9 +127,12 @@ def _scenario(result: ScenarioResult) -> dict[str, Any]:
                         for at, outcome in zip(log.starts, log.outcomes, strict=True)
                         if start <= at < end and outcome != OK
                     ),
-                    "recovery_s": recovery_time(log, end, duration),
+                    # Judged only until the next outage starts, which would fail calls anew.
+                    "recovery_s": recovery_time(
+                        log, end, next_starts[number] if number < len(next_starts) else duration
+                    ),
                 }
-                for start, end in outages
+                for number, (start, end) in enumerate(outages)
             ]
         if result.scenario.name == "slow-dependency":
             slow = hosts["slow"]

@@ -236,6 +236,8 @@ def test_recovery_is_the_end_of_the_last_failing_window_after_the_outage() -> No
     # Still failing at the end of the run: not recovered within it.
     assert recovery_time(_log((3.1, ok), (8.9, fail)), outage_end=3.0, until=9.0) is None
     assert recovery_time(_log((1.0, ok)), outage_end=3.0, until=9.0) is None
+    # Calls from ``until`` on (a next outage, say) are not judged.
+    assert recovery_time(_log((3.1, ok), (6.0, ok), (7.0, fail)), 3.0, until=7.0) == 0.0
     # Calls the load generator never sent say nothing about recovery.
     assert recovery_time(_log((3.1, ok), (4.0, NOT_SENT)), outage_end=3.0, until=9.0) == 0.0
 
