@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -73,6 +74,13 @@ def _count(kind: str, requests: int, port: int, concurrency: int) -> int:
                 "RESILIENT_CLIENT_DEFAULT__TIMEOUT__TOTAL": "600",
                 "RESILIENT_CLIENT_DEFAULT__TIMEOUT__ATTEMPT": "300",
                 "PATH": "/usr/bin:/bin",
+                # Passed on: another checkout to measure (PYTHONPATH=../old), and
+                # telemetry settings to compare (RESILIENT_CLIENT_TELEMETRY='{...}').
+                **{
+                    name: os.environ[name]
+                    for name in ("PYTHONPATH", "RESILIENT_CLIENT_TELEMETRY")
+                    if name in os.environ
+                },
             },
         )
     found = re.search(r"Collected : (\d+)", result.stderr)

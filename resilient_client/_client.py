@@ -204,10 +204,11 @@ class AsyncClient(httpx.AsyncClient):
             telemetry=self._telemetry,
         )
 
-    def _pipelines(self) -> typing.Iterator[DependencyPipeline]:
-        # Read by the metrics callbacks, maybe before __init__ has made the registry.
+    def _pipelines(self) -> list[DependencyPipeline]:
+        # Read by the metrics callbacks (from a reader's thread, maybe before
+        # __init__ has made the registry).
         registry = getattr(self, "_registry", None)
-        return iter(()) if registry is None else registry.pipelines()
+        return [] if registry is None else registry.snapshot()
 
     def _pool_limits(self, policy: DependencyPolicy) -> httpx.Limits:
         given = self._client_limits

@@ -107,6 +107,15 @@ class DependencyRegistry:
         yield from self._named.values()
         yield from self._recent.values()
 
+    def snapshot(self) -> list[DependencyPipeline]:
+        """:meth:`pipelines` as a list, safe to take from another thread.
+
+        A metrics reader calls in from its own thread while the loop's thread may
+        add or drop hosts: each unpacking copies a table's values in one step
+        under the GIL, where iterating with a generator could see it change.
+        """
+        return [*self._named.values(), *self._recent.values()]
+
     async def aclose(self) -> None:
         """Close every pool every pipeline built, including dropped hosts' ones."""
         owned = [*self._named.values(), *self._recent.values(), *self._retiring]

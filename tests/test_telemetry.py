@@ -491,3 +491,49 @@ def test_header_slots_read_and_write_like_httpx_headers() -> None:
     missing.set(headers, "250")
     assert headers["x-request-timeout-ms"] == "250"
     assert headers.raw[-1] == (b"X-Request-Timeout-Ms", b"250")
+
+
+async def test_metrics_read_from_another_thread_while_hosts_come_and_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import sys
+
+    # Pure logic (which hosts the table holds), so an in-memory transport: a
+    # reader thread collects the observed metrics while calls add and evict hosts.
+    import threading
+    import time
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    stop = threading.Event()
+    collections = 0
+
+    def collect() -> None:
+        nonlocal collections
+        while not stop.is_set() and collections < 100_000:
+            reader.get_metrics_data()
+            collections += 1
+            time.sleep(0.0002)  # let the loop's thread run between collections
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    settings = {**_settings(), "max_tracked_hosts": 8}
+    thread = threading.Thread(target=collect, daemon=True)
+    caplog.set_level(logging.WARNING)
+    # Switch threads as often as the interpreter can, so a race shows up in a short run.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    async with rc.AsyncClient(
+        settings=settings, transport=transport, meter_provider=provider
+    ) as client:
+        thread.start()
+        try:
+            for index in range(600):
+                await client.get(f"http://host-{index}.test/")
+        finally:
+            sys.setswitchinterval(interval)
+            stop.set()
+            thread.join(10)
+    provider.shutdown()
+    assert collections > 0
+    problems = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    assert problems == [], [r.getMessage() for r in problems]
