@@ -119,8 +119,10 @@ class _Window:
         self.failures = 0
 
     def add(self, now: float, failed: bool) -> None:
-        index = self.prune(now)
+        index = int(now // self._width)
         slices = self._slices
+        if slices and slices[0].index <= index - _WINDOW_SLICES:
+            self.prune(now)  # only when a slice has left: add() runs on every call
         # A clock never runs backwards, but if one did, the newest slice takes it.
         if not slices or slices[-1].index < index:
             slices.append(_Slice(index))
@@ -262,7 +264,12 @@ class CircuitBreaker:
 
     def record_success(self, permit: Permit) -> None:
         """The admitted call succeeded."""
-        if not self._take(permit):
+        # _take() written out, and the ratio checked here before calling
+        # _check_ratio(): this runs on every successful call.
+        if permit._recorded:
+            return
+        permit._recorded = True
+        if permit._period != self._period:
             return
         if permit.probe:
             self._probes_in_flight -= 1
@@ -274,9 +281,11 @@ class CircuitBreaker:
                 )
             return
         self._storage.reset_counter()
-        self._window.add(self._clock(), failed=False)
+        window = self._window
+        window.add(self._clock(), failed=False)
         # A success can complete minimum_calls with the ratio still over the threshold.
-        self._check_ratio()
+        if window.failures and window.calls >= self._policy.minimum_calls:
+            self._check_ratio()
 
     def record_failure(self, permit: Permit) -> None:
         """The admitted call failed (the caller decides what a failure is)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -42,6 +42,14 @@ _current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 def current_request_id() -> str | None:
     """The request id bound here, or None when no scope has bound one."""
     return _current.get()
+
+
+def bound_or_new_request_id() -> str:
+    """The request id bound here, or a new one (as :func:`new_request_id` makes it).
+
+    Written out rather than calling the two functions: it runs on every call.
+    """
+    return _current.get() or f"{random.getrandbits(128):032x}"
 
 
 def new_request_id() -> str:
@@ -135,6 +143,19 @@ class HeaderSlot:
             if key == lower:
                 return bytes(raw).decode("latin-1")
         return None
+
+    def set_default(self, headers: httpx.Headers, value: Callable[[], str]) -> None:
+        """Set the header to ``value()`` unless the headers have it already."""
+        entries = getattr(headers, "_list", None)
+        if not isinstance(entries, list):
+            if self.name not in headers:
+                headers[self.name] = value()
+            return
+        lower = self._lower
+        for _, key, _ in entries:
+            if key == lower:
+                return
+        entries.append((self._raw, lower, value().encode("ascii")))
 
     def set(self, headers: httpx.Headers, value: str) -> None:
         """Set the header to ``value`` (ASCII), replacing any value it had."""

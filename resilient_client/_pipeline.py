@@ -100,7 +100,9 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         header = telemetry.settings.deadline_header
         self._deadline_header = None if header is None else HeaderSlot(header)
         self._rejections = RejectionLog(name)
-        self._retired = False
+        # Dropped from the registry: it only finishes the calls it has. (An
+        # attribute, not a property: the client reads it on every call.)
+        self.retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -270,8 +272,13 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             # closed, so no one will ever close it again. It holds no connection.
             _release(lease)
             return response
+        stream = response.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError(
+                f"the transport returned a synchronous body stream ({type(stream).__name__})"
+            )
         response.stream = DeadlineBody(
-            _as_async_stream(response.stream),
+            stream,
             deadline=deadline,
             on_close=(lambda: None) if lease is None else lease.release,
             strategy=self._timeout,
@@ -282,7 +289,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
     def _release_permit(self) -> None:
         self._bulkhead.release()
-        if self._retired and self.idle and self._on_idle_after_retire is not None:
+        if self.retired and self.idle and self._on_idle_after_retire is not None:
             callback, self._on_idle_after_retire = self._on_idle_after_retire, None
             callback(self)
 
@@ -290,11 +297,6 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
     def has_pools(self) -> bool:
         """Whether this dependency holds any pool that needs closing."""
         return self._pools.open > 0
-
-    @property
-    def retired(self) -> bool:
-        """Dropped from the registry: it only finishes the calls it has."""
-        return self._retired
 
     @property
     def in_flight(self) -> int:
@@ -317,7 +319,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
         Calls already in flight finish normally on the pools they hold.
         """
-        self._retired = True
+        self.retired = True
         if self.idle:
             on_idle(self)
         else:
@@ -397,9 +399,3 @@ def _is_local(error: BaseException) -> bool:
     if _waited_for_connection(error):
         return True
     return isinstance(error, ResilienceError) and not isinstance(error, DeadlineExceededError)
-
-
-def _as_async_stream(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.AsyncByteStream:
-    if isinstance(stream, httpx.AsyncByteStream):
-        return stream
-    raise TypeError(f"the transport returned a synchronous body stream ({type(stream).__name__})")

@@ -41,7 +41,7 @@ from opentelemetry.instrumentation.httpx import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._correlation import HeaderSlot, current_request_id, new_request_id
+from ._correlation import HeaderSlot, bound_or_new_request_id
 from ._exceptions import DeadlineExceededError
 from ._settings import TelemetrySettings
 from ._version import __version__
@@ -315,8 +315,8 @@ class Telemetry:
     def start_call(self, dependency: str, request: httpx.Request) -> CallTelemetry | None:
         """Stamp the call's request id; its telemetry, or None when nothing would record it."""
         header = self.request_id_header
-        if header is not None and header.get(request.headers) is None:
-            header.set(request.headers, current_request_id() or new_request_id())
+        if header is not None:
+            header.set_default(request.headers, bound_or_new_request_id)
         providers = _global_providers
         providers.refresh()
         tracing = self._traces and (

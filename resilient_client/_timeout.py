@@ -226,36 +226,44 @@ class LiveTimeouts(dict[str, float | None]):
         self.configured = configured
         self._limit = limit
         self._connect_cap = connect_cap
+        # The values at the start, for transports that copy the dict.
         left = None if limit is None else max(0.0, limit - now)
-        connect = _smallest(configured.get("connect"), left)
-        super().__init__(
-            connect=connect if connect_cap is None else _smallest(connect, connect_cap),
-            read=_smallest(configured.get("read"), left),
-            write=_smallest(configured.get("write"), left),
-            pool=_smallest(configured.get("pool"), left),
-        )
+        for phase in _PHASES:
+            value = configured.get(phase)
+            if left is not None and (value is None or left < value):
+                value = left
+            if (
+                phase == "connect"
+                and connect_cap is not None
+                and (value is None or connect_cap < value)
+            ):
+                value = connect_cap
+            dict.__setitem__(self, phase, value)
 
     def bound_by(self, limit: float | None) -> None:
         """From now on, work the values out against ``limit`` instead."""
         self._limit = limit
 
-    def _value(self, phase: str) -> float | None:
-        limit = self._limit
-        left = None if limit is None else max(0.0, limit - monotonic())
-        value = _smallest(self.configured.get(phase), left)
-        return _smallest(value, self._connect_cap) if phase == "connect" else value
-
+    # httpcore calls get() several times per request: no helper calls in it.
     def get(self, phase: str, default: float | None = None) -> float | None:  # type: ignore[override]
-        return self._value(phase) if phase in _PHASES else super().get(phase, default)
+        if phase not in _PHASES:
+            return super().get(phase, default)
+        value = self.configured.get(phase)
+        limit = self._limit
+        if limit is not None:
+            left = limit - monotonic()
+            if left < 0.0:
+                left = 0.0
+            if value is None or left < value:
+                value = left
+        if phase == "connect":
+            cap = self._connect_cap
+            if cap is not None and (value is None or cap < value):
+                value = cap
+        return value
 
     def __getitem__(self, phase: str) -> float | None:
-        return self._value(phase) if phase in _PHASES else super().__getitem__(phase)
-
-
-def _smallest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None or a < b else b
+        return self.get(phase) if phase in _PHASES else super().__getitem__(phase)
 
 
 class DeadlineBody(httpx.AsyncByteStream):

@@ -55,9 +55,16 @@ DESELECTED = [
     # client._transport`` (unproxied) or ``...._pool._proxy_url == <proxy>`` (proxied)
     # for HTTP(S)_PROXY / ALL_PROXY / NO_PROXY settings. The httpx.Client cases still run.
     "tests/client/test_proxies.py::test_proxies_environ[AsyncClient-",
+    # Two tests compare a request's complete header list. resilient_client adds
+    # X-Request-ID and X-Request-Timeout-Ms to every request on purpose (see
+    # docs/telemetry.md); on a redirect httpx copies them into the next hop's
+    # request, which is what the event hook there sees. Everything else these
+    # tests check is covered by tests/test_drop_in.py and tests/test_telemetry.py.
+    "tests/client/test_event_hooks.py::test_async_event_hooks_with_redirect",
+    "tests/test_asgi.py::test_asgi_headers",
 ]
 
-# With the deselections above, httpx 0.28.1 passes 238 tests here (1 skipped on
+# With the deselections above, httpx 0.28.1 passes 236 tests here (1 skipped on
 # Python >= 3.11). Fewer than this means the run did not really test the client.
 MIN_PASSED = 200
 RUN_TIMEOUT = 240  # seconds; the run takes about 20 s on a 2-core machine

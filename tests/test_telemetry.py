@@ -537,3 +537,15 @@ async def test_metrics_read_from_another_thread_while_hosts_come_and_go(
     assert collections > 0
     problems = [r for r in caplog.records if r.name.startswith("opentelemetry")]
     assert problems == [], [r.getMessage() for r in problems]
+
+
+async def test_with_propagation_off_the_headers_sent_are_httpx_own(upstream: Upstream) -> None:
+    settings = {
+        **_settings(),
+        "telemetry": {"deadline_header": None, "request_id_header": None},
+    }
+    async with httpx.AsyncClient() as bare, rc.AsyncClient(settings=settings) as client:
+        await bare.get(upstream.url(0), headers={"X-Custom": "1"})
+        await client.get(upstream.url(0), headers={"X-Custom": "1"})
+    sent_by_bare, sent_by_ours = _requests(upstream)
+    assert sent_by_ours.headers == sent_by_bare.headers
