@@ -258,9 +258,14 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         if call is not None:
             call.attempt_ended(started, response)
         status = response.status_code
-        if status >= 500 or status == 429:
+        if status >= 500:
             self._breaker.record_failure(permit)
-            if status == 429 and self.policy.retry.respect_retry_after:
+        elif status == 429:
+            # Healthy, and we are over our quota: not the breaker's business (it
+            # would refuse calls the quota admits, for longer than asked). The
+            # Retry-After pause and the rate limit are what answer a 429.
+            self._breaker.record_ignored(permit)
+            if self.policy.retry.respect_retry_after:
                 pause = retry_after_seconds(response)
                 if pause is not None:
                     # Everyone backs off together instead of each finding the limit.

@@ -110,7 +110,7 @@ class BreakerPolicy(_Section):
     failure_ratio: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
     minimum_calls: int = Field(20, ge=1)
     window: Seconds = 10.0
-    consecutive_failures: int | None = Field(5, ge=1)
+    consecutive_failures: int | None = Field(10, ge=1)
     open_for: Seconds = 5.0
     half_open_probes: int = Field(1, ge=1)
 

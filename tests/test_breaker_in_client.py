@@ -140,3 +140,17 @@ async def test_each_transition_is_logged_once_at_warning(
     assert getattr(rejections[0], "reason", None) == "breaker"
     assert getattr(rejections[0], "dependency", None) == name
     assert len(ours) == 4
+
+
+async def test_429s_never_open_the_breaker(upstream: Upstream) -> None:
+    # A 429 says the dependency is healthy and we are over our quota: the
+    # Retry-After pause and the rate limit deal with it. An open breaker would
+    # refuse calls the quota admits, for longer than the server asked.
+    async with rc.AsyncClient(settings=_settings(minimum_calls=2, failure_ratio=0.1)) as client:
+        for _ in range(6):
+            response = await client.get(upstream.url(0, "/?status=429"))
+            assert response.status_code == 429
+        state = _state(client, upstream)
+    assert state["state"] == "closed"
+    assert state["consecutive_failures"] == 0
+    assert state["calls_in_window"] == 0  # neither a failure nor a success
