@@ -341,12 +341,12 @@ class Telemetry:
 
     def attempt_transport(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         """``transport`` wrapped so that each request through it is a CLIENT span."""
+        # Already a span per attempt: the user's own instrumented transport, or
+        # httpx's transports instrumented globally by HTTPXClientInstrumentor.
         if isinstance(transport, AsyncOpenTelemetryTransport) or (
             _httpx_instrumented_globally() and isinstance(transport, httpx.AsyncHTTPTransport)
         ):
-            return (
-                transport  # already a span per attempt (the user's, or HTTPXClientInstrumentor's)
-            )
+            return transport
         wrapped = self._attempt_transports.get(transport)
         if wrapped is None:
             wrapped = AsyncOpenTelemetryTransport(
