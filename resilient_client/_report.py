@@ -331,8 +331,9 @@ NOTES = {
     "flapping": "Retries lift the success ratio at the price of upstream requests per call; the "
     "retry budget caps that price, and a breaker that opens on runs of failures trades "
     "successes for load shed.",
-    "throttled": "Retrying a 429 early only spends the host's quota on refusals; a 429 with "
-    "Retry-After should pause calls to that host.",
+    "throttled": "Retrying a 429 early only spends the host's quota on refusals. A 429 does not "
+    "count for the breaker; its Retry-After pauses every call to the host, but the calls queued "
+    "meanwhile go out together and draw the next 429: a rate_limit at the quota keeps under it.",
     "degrading": "Watch where latency crosses the timeouts and when the breaker first opens.",
     "payments": "The example of docs/tuning.md: compare its settings' column with the defaults'.",
 }
