@@ -40,7 +40,7 @@ class Segment:
     requests_per_second: float
 
 
-async def _segment(
+async def measure_segment(
     client: httpx.AsyncClient, url: str, requests: int, concurrency: int
 ) -> tuple[float, float]:
     per_worker = requests // concurrency
@@ -68,11 +68,11 @@ async def run(pairs: int, requests: int, concurrency: int) -> list[Segment]:
         url = upstream.url(0)
         clients = {BARE: bare, RESILIENT: resilient}
         for client in clients.values():  # warm up: connections open, caches filled
-            await _segment(client, url, 500, concurrency)
+            await measure_segment(client, url, 500, concurrency)
         for pair in range(pairs):
             order = [BARE, RESILIENT] if pair % 2 == 0 else [RESILIENT, BARE]
             for name in order:
-                cpu, rate = await _segment(clients[name], url, requests, concurrency)
+                cpu, rate = await measure_segment(clients[name], url, requests, concurrency)
                 segments.append(Segment(name, pair, cpu, rate))
             done = segments[-2:]
             print(

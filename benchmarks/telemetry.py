@@ -25,15 +25,14 @@ import argparse
 import asyncio
 import json
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from overhead import measure_segment  # the same segment, so the two measure alike
 
 import resilient_client as rc
 from resilient_client._upstream import UpstreamProcess
@@ -46,20 +45,6 @@ class _Dropping(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return SpanExportResult.SUCCESS
-
-
-async def _segment(client: httpx.AsyncClient, url: str, requests: int, concurrency: int) -> float:
-    per_worker = requests // concurrency
-
-    async def worker() -> None:
-        for _ in range(per_worker):
-            response = await client.get(url)
-            if response.status_code != 200:
-                raise RuntimeError(f"upstream answered {response.status_code}")
-
-    start = time.process_time()
-    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), 120)
-    return (time.process_time() - start) / (per_worker * concurrency) * 1e6
 
 
 async def run(rotations: int, requests: int, concurrency: int) -> dict[str, list[float]]:
@@ -80,12 +65,13 @@ async def run(rotations: int, requests: int, concurrency: int) -> dict[str, list
             url = upstream.url(0)
             clients = {UNTRACED: untraced, NOOP: noop, SDK: sdk}
             for client in clients.values():  # warm up: connections open, caches filled
-                await _segment(client, url, 500, concurrency)
+                await measure_segment(client, url, 500, concurrency)
             names = list(clients)
             for rotation in range(rotations):
                 shift = rotation % len(names)
                 for name in names[shift:] + names[:shift]:
-                    cpu[name].append(await _segment(clients[name], url, requests, concurrency))
+                    cpu_us, _ = await measure_segment(clients[name], url, requests, concurrency)
+                    cpu[name].append(cpu_us)
                 print(
                     f"  rotation {rotation + 1:2d}/{rotations}  "
                     + "  ".join(f"{name} {cpu[name][-1]:7.1f} us" for name in names)
