@@ -119,10 +119,8 @@ class _Window:
         self.failures = 0
 
     def add(self, now: float, failed: bool) -> None:
-        index = int(now // self._width)
+        index = self.prune(now)
         slices = self._slices
-        if slices and slices[0].index <= index - _WINDOW_SLICES:
-            self.prune(now)  # only when a slice has left: add() runs on every call
         # A clock never runs backwards, but if one did, the newest slice takes it.
         if not slices or slices[-1].index < index:
             slices.append(_Slice(index))
@@ -264,12 +262,7 @@ class CircuitBreaker:
 
     def record_success(self, permit: Permit) -> None:
         """The admitted call succeeded."""
-        # _take() written out, and the ratio checked here before calling
-        # _check_ratio(): this runs on every successful call.
-        if permit._recorded:
-            return
-        permit._recorded = True
-        if permit._period != self._period:
+        if not self._take(permit):
             return
         if permit.probe:
             self._probes_in_flight -= 1
@@ -281,11 +274,9 @@ class CircuitBreaker:
                 )
             return
         self._storage.reset_counter()
-        window = self._window
-        window.add(self._clock(), failed=False)
+        self._window.add(self._clock(), failed=False)
         # A success can complete minimum_calls with the ratio still over the threshold.
-        if window.failures and window.calls >= self._policy.minimum_calls:
-            self._check_ratio()
+        self._check_ratio()
 
     def record_failure(self, permit: Permit) -> None:
         """The admitted call failed (the caller decides what a failure is)."""

@@ -208,7 +208,7 @@ class AsyncClient(httpx.AsyncClient):
         # Read by the metrics callbacks (from a reader's thread, maybe before
         # __init__ has made the registry).
         registry = getattr(self, "_registry", None)
-        return [] if registry is None else registry.snapshot()
+        return [] if registry is None else registry.pipelines()
 
     def _pool_limits(self, policy: DependencyPolicy) -> httpx.Limits:
         given = self._client_limits

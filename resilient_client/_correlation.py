@@ -146,16 +146,8 @@ class HeaderSlot:
 
     def set_default(self, headers: httpx.Headers, value: Callable[[], str]) -> None:
         """Set the header to ``value()`` unless the headers have it already."""
-        entries = getattr(headers, "_list", None)
-        if not isinstance(entries, list):
-            if self.name not in headers:
-                headers[self.name] = value()
-            return
-        lower = self._lower
-        for _, key, _ in entries:
-            if key == lower:
-                return
-        entries.append((self._raw, lower, value().encode("ascii")))
+        if self.get(headers) is None:
+            self.set(headers, value())
 
     def set(self, headers: httpx.Headers, value: str) -> None:
         """Set the header to ``value`` (ASCII), replacing any value it had."""

@@ -13,7 +13,7 @@ starts with fresh state.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 
@@ -102,17 +102,12 @@ class DependencyRegistry:
         if not pipeline.has_pools or self._closing.start(pipeline.aclose):
             self._retiring.discard(pipeline)
 
-    def pipelines(self) -> Iterator[DependencyPipeline]:
-        """Every dependency with state now: the named ones, then tracked hosts."""
-        yield from self._named.values()
-        yield from self._recent.values()
+    def pipelines(self) -> list[DependencyPipeline]:
+        """Every dependency with state now: the named ones, then tracked hosts.
 
-    def snapshot(self) -> list[DependencyPipeline]:
-        """:meth:`pipelines` as a list, safe to take from another thread.
-
-        A metrics reader calls in from its own thread while the loop's thread may
-        add or drop hosts: each unpacking copies a table's values in one step
-        under the GIL, where iterating with a generator could see it change.
+        A list built in one step per table: a metrics reader calls this from its
+        own thread while the loop's thread may add or drop hosts, and iterating
+        the tables lazily could see one change size.
         """
         return [*self._named.values(), *self._recent.values()]
 

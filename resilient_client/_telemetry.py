@@ -178,11 +178,14 @@ def outcome_of(result: httpx.Response | BaseException) -> str:
         return "connect_error"
     if isinstance(result, httpx.TransportError):
         return "transport_error"
-    return (
-        "cancelled"
-        if isinstance(result, BaseException) and not isinstance(result, Exception)
-        else "error"
-    )
+    # Not an Exception: CancelledError (or KeyboardInterrupt) ended it.
+    return "error" if isinstance(result, Exception) else "cancelled"
+
+
+def _described(name: str) -> dict[str, str]:
+    """An instrument's name, unit and description, as :data:`METRICS` gives them."""
+    _, unit, description, _ = METRICS[name]
+    return {"name": name, "unit": unit, "description": description}
 
 
 class _Instruments:
@@ -195,50 +198,28 @@ class _Instruments:
     def __init__(self, meter_provider: metrics.MeterProvider | None) -> None:
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
         self.call_duration = meter.create_histogram(
-            "resilient_client.call.duration",
-            unit="s",
-            description=METRICS["resilient_client.call.duration"][2],
+            **_described("resilient_client.call.duration"),
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
         self.attempt_duration = meter.create_histogram(
-            "resilient_client.attempt.duration",
-            unit="s",
-            description=METRICS["resilient_client.attempt.duration"][2],
+            **_described("resilient_client.attempt.duration"),
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
-        self.attempts = meter.create_counter(
-            "resilient_client.attempts",
-            unit="{attempt}",
-            description=METRICS["resilient_client.attempts"][2],
-        )
-        self.retries = meter.create_counter(
-            "resilient_client.retries",
-            unit="{retry}",
-            description=METRICS["resilient_client.retries"][2],
-        )
-        self.rejections = meter.create_counter(
-            "resilient_client.rejections",
-            unit="{attempt}",
-            description=METRICS["resilient_client.rejections"][2],
-        )
+        self.attempts = meter.create_counter(**_described("resilient_client.attempts"))
+        self.retries = meter.create_counter(**_described("resilient_client.retries"))
+        self.rejections = meter.create_counter(**_described("resilient_client.rejections"))
         self.clients: weakref.WeakSet[Telemetry] = weakref.WeakSet()
         meter.create_observable_up_down_counter(
-            "resilient_client.calls.in_flight",
+            **_described("resilient_client.calls.in_flight"),
             callbacks=[self._observe("in_flight")],
-            unit="{call}",
-            description=METRICS["resilient_client.calls.in_flight"][2],
         )
         meter.create_observable_up_down_counter(
-            "resilient_client.calls.queued",
+            **_described("resilient_client.calls.queued"),
             callbacks=[self._observe("queued")],
-            unit="{call}",
-            description=METRICS["resilient_client.calls.queued"][2],
         )
         meter.create_observable_gauge(
-            "resilient_client.breaker.state",
+            **_described("resilient_client.breaker.state"),
             callbacks=[self._observe("breaker")],
-            unit="1",
-            description=METRICS["resilient_client.breaker.state"][2],
         )
 
     def _observe(
@@ -297,8 +278,6 @@ class Telemetry:
         self.instruments.clients.add(self)
         name = settings.request_id_header
         self.request_id_header = None if name is None else HeaderSlot(name)
-        self._traces = settings.traces
-        self._metrics = settings.metrics
         # A provider given to the client is used as given; the global ones may change.
         self._tracer_records = None if tracer_provider is None else _records(tracer_provider)
         self._meter_records = None if meter_provider is None else _records(meter_provider)
@@ -319,10 +298,10 @@ class Telemetry:
             header.set_default(request.headers, bound_or_new_request_id)
         providers = _global_providers
         providers.refresh()
-        tracing = self._traces and (
+        tracing = self.settings.traces and (
             providers.tracing if self._tracer_records is None else self._tracer_records
         )
-        metering = self._metrics and (
+        metering = self.settings.metrics and (
             providers.metering if self._meter_records is None else self._meter_records
         )
         if not tracing:
@@ -364,7 +343,12 @@ class Telemetry:
             return
         call = _current_call.get()
         url = info.url if isinstance(info.url, httpx.URL) else httpx.URL(str(info.url))
-        full = redacted_url(url, self.settings.redact_query)
+        # The attempt sends the call's request: its redacted URL is the call span's.
+        full = (
+            call.url_full
+            if call is not None and call.url_full is not None
+            else redacted_url(url, self.settings.redact_query)
+        )
         method = info.method.decode() if isinstance(info.method, bytes) else str(info.method)
         span.set_attribute("http.request.method", method)
         span.set_attribute("url.full", full)
@@ -430,6 +414,7 @@ class CallTelemetry:
         "attempts",
         "dependency",
         "span",
+        "url_full",
     )
 
     def __init__(
@@ -450,13 +435,15 @@ class CallTelemetry:
             {DEPENDENCY: dependency, "http.request.method": request.method} if metering else None
         )
         self.span: trace.Span | None = None
+        self.url_full: str | None = None
         self._context_token: object = None
         self._call_token: contextvars.Token[CallTelemetry | None] | None = None
         if tracing:
             url = request.url
+            self.url_full = redacted_url(url, telemetry.settings.redact_query)
             attributes: dict[str, Any] = {
                 "http.request.method": request.method,
-                "url.full": redacted_url(url, telemetry.settings.redact_query),
+                "url.full": self.url_full,
                 "server.address": url.host,
                 DEPENDENCY: dependency,
             }
@@ -548,7 +535,3 @@ class CallTelemetry:
             span.record_exception(result)
             span.set_status(Status(StatusCode.ERROR, f"{type(result).__name__}: {result}"))
         span.end()
-
-    def body_failed(self, error: BaseException) -> None:
-        """Reading the body failed (the deadline passed while it dripped, say)."""
-        self.end(error)

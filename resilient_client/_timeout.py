@@ -227,33 +227,19 @@ class LiveTimeouts(dict[str, float | None]):
         self._limit = limit
         self._connect_cap = connect_cap
         # The values at the start, for transports that copy the dict.
-        left = None if limit is None else max(0.0, limit - now)
         for phase in _PHASES:
-            value = configured.get(phase)
-            if left is not None and (value is None or left < value):
-                value = left
-            if (
-                phase == "connect"
-                and connect_cap is not None
-                and (value is None or connect_cap < value)
-            ):
-                value = connect_cap
-            dict.__setitem__(self, phase, value)
+            dict.__setitem__(self, phase, self._value_at(phase, now))
 
     def bound_by(self, limit: float | None) -> None:
         """From now on, work the values out against ``limit`` instead."""
         self._limit = limit
 
-    # httpcore calls get() several times per request: no helper calls in it.
-    def get(self, phase: str, default: float | None = None) -> float | None:  # type: ignore[override]
-        if phase not in _PHASES:
-            return super().get(phase, default)
+    def _value_at(self, phase: str, now: float) -> float | None:
+        """The caller's own value, capped by the time left at ``now`` (and for connect)."""
         value = self.configured.get(phase)
         limit = self._limit
         if limit is not None:
-            left = limit - monotonic()
-            if left < 0.0:
-                left = 0.0
+            left = max(0.0, limit - now)
             if value is None or left < value:
                 value = left
         if phase == "connect":
@@ -261,6 +247,11 @@ class LiveTimeouts(dict[str, float | None]):
             if cap is not None and (value is None or cap < value):
                 value = cap
         return value
+
+    def get(self, phase: str, default: float | None = None) -> float | None:  # type: ignore[override]
+        if phase not in _PHASES:
+            return super().get(phase, default)
+        return self._value_at(phase, monotonic())
 
     def __getitem__(self, phase: str) -> float | None:
         return self.get(phase) if phase in _PHASES else super().__getitem__(phase)
