@@ -154,3 +154,21 @@ async def test_429s_never_open_the_breaker(upstream: Upstream) -> None:
     assert state["state"] == "closed"
     assert state["consecutive_failures"] == 0
     assert state["calls_in_window"] == 0  # neither a failure nor a success
+
+
+async def test_by_default_ten_failures_in_a_row_open_the_breaker_and_five_do_not(
+    upstream: Upstream,
+) -> None:
+    # A run of 5 is noise on a busy dependency failing 30% of requests; a
+    # dependency that is down still gives 10 in a row at once.
+    settings = {"default": {"retry": {"attempts": 1}}}
+    async with rc.AsyncClient(settings=settings) as client:
+        for _ in range(5):
+            await client.get(upstream.url(0, "/?status=503"))
+        await client.get(upstream.url(0))  # a success ends the run
+        assert _state(client, upstream)["state"] == "closed"
+        for _ in range(9):
+            await client.get(upstream.url(0, "/?status=503"))
+        assert _state(client, upstream)["state"] == "closed"
+        await client.get(upstream.url(0, "/?status=503"))
+        assert _state(client, upstream)["state"] == "open"
