@@ -119,10 +119,13 @@ class _Window:
         self.failures = 0
 
     def add(self, now: float, failed: bool) -> None:
-        index = self.prune(now)
+        index = int(now // self._width)
         slices = self._slices
-        # A clock never runs backwards, but if one did, the newest slice takes it.
+        # Only a new slice can push old ones out of the window, so within the
+        # newest slice there is nothing to prune. (A clock never runs backwards,
+        # but if one did, the newest slice takes it.)
         if not slices or slices[-1].index < index:
+            self.prune(now)
             slices.append(_Slice(index))
         newest = slices[-1]
         newest.calls += 1
@@ -274,9 +277,12 @@ class CircuitBreaker:
                 )
             return
         self._storage.reset_counter()
-        self._window.add(self._clock(), failed=False)
-        # A success can complete minimum_calls with the ratio still over the threshold.
-        self._check_ratio()
+        window = self._window
+        window.add(self._clock(), failed=False)
+        # A success can complete minimum_calls with the ratio still over the
+        # threshold (never with no failure at all).
+        if window.failures:
+            self._check_ratio()
 
     def record_failure(self, permit: Permit) -> None:
         """The admitted call failed (the caller decides what a failure is)."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -79,17 +79,16 @@ class _Pool:
     retired: bool = False
 
 
-@dataclass(eq=False)
 class PoolLease:
     """A call's hold on the pool it was sent on; ``release()`` exactly once when done."""
 
-    _owner: DependencyPools
-    _pool: _Pool
-    _released: bool = field(default=False)
+    __slots__ = ("_owner", "_pool", "_released", "transport")
 
-    @property
-    def transport(self) -> httpx.AsyncBaseTransport:
-        return self._pool.transport
+    def __init__(self, owner: DependencyPools, pool: _Pool) -> None:
+        self._owner = owner
+        self._pool = pool
+        self._released = False
+        self.transport = pool.transport
 
     def interrupted(self) -> None:
         """A call was cancelled inside this pool's transport: it may have orphaned a slot."""

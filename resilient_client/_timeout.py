@@ -23,13 +23,14 @@ attempt and a later retry may still succeed.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
 
-from ._alarms import cancel_alarm, set_alarm
-from ._deadline import current_deadline, monotonic, running_loop
+from ._alarms import Alarm, alarm_clock
+from ._deadline import deadline_in_force, monotonic
 from ._exceptions import DeadlineExceededError
 from ._settings import TimeoutPolicy
 
@@ -62,6 +63,10 @@ class TimeoutStrategy:
     def __init__(self, dependency: str, policy: TimeoutPolicy) -> None:
         self._dependency = dependency
         self._policy = policy
+        # The phase bounds of the last httpx timeouts seen: a client sends the same
+        # ones on almost every request, so they are worked out once.
+        self._last_configured: dict[str, float | None] | None = None
+        self._last_bounds = PhaseBounds({}, policy.connect)
 
     def call_deadline(self) -> float | None:
         """The deadline a request to this dependency starting now must meet.
@@ -71,7 +76,7 @@ class TimeoutStrategy:
         keeps its own dependency's ``timeout.total`` from now: a redirect to a
         dependency with a shorter budget gets that shorter budget.
         """
-        in_force = current_deadline()
+        in_force = deadline_in_force()
         if self._policy.total is None:
             return in_force
         own = monotonic() + self._policy.total
@@ -113,12 +118,16 @@ class TimeoutStrategy:
         configured = request.extensions.get("timeout") or {}
         if isinstance(configured, LiveTimeouts):
             configured = configured.configured  # a redirect carries the last hop's bounds
-        timeouts = LiveTimeouts(configured, limit, self._policy.connect, now)
+        bounds = self._last_bounds
+        if configured != self._last_configured:
+            bounds = self._last_bounds = PhaseBounds(configured, self._policy.connect)
+            self._last_configured = dict(configured)
+        timeouts = LiveTimeouts(configured, limit, self._policy.connect, now, bounds=bounds)
         request.extensions = {**request.extensions, "timeout": timeouts}
         if limit is None:
             return await send(request)
         backstop = Watchdog(limit + BACKSTOP_GRACE, now)
-        cancelling = backstop.watch()
+        backstop.watch()
         try:
             response = await send(request)
             # timeout.attempt bounds the wait for the response; reading its body is
@@ -126,7 +135,7 @@ class TimeoutStrategy:
             timeouts.bound_by(call_deadline)
             return response
         except asyncio.CancelledError:
-            if not backstop.caused_by_us(cancelling):
+            if not backstop.caused_by_us():
                 raise
             if on_interrupt is not None:
                 on_interrupt()  # cancelled inside the transport: see _pools.py
@@ -144,7 +153,6 @@ class TimeoutStrategy:
                 ) from exc
             raise
         finally:
-            backstop.unwatch()
             backstop.disarm()
 
 
@@ -152,7 +160,7 @@ class Expired(Exception):
     """A :class:`Watchdog` ended the awaited operation at its deadline."""
 
 
-class Watchdog:
+class Watchdog(Alarm):
     """An alarm that cancels the task while it is watched (awaiting an operation).
 
     What ``asyncio.timeout`` does, shaped for this hot path: one alarm serves
@@ -163,43 +171,50 @@ class Watchdog:
     still sees its own cancellations.
     """
 
-    __slots__ = ("_alarm", "_fired", "_loop", "_task")
+    __slots__ = ("_cancelling", "_fired", "_task")
 
     def __init__(self, when: float, now: float) -> None:
-        loop = self._loop = running_loop()
+        self.cancelled = False  # Alarm's one attribute (its __init__ is a call saved)
         self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
         self._fired = False
         # Deadlines are on time.monotonic(); the loop's clock may have another origin.
-        self._alarm = set_alarm(loop, loop.time() + (when - now), self._fire)
+        alarm_clock().set_in(when - now, self)
 
-    def _fire(self) -> None:
+    def ring(self) -> None:
         self._fired = True
         if self._task is not None:
             self._task.cancel()
 
     # Used as: ``watch()``; ``await`` the operation; on CancelledError ask
-    # ``caused_by_us()``; finally ``unwatch()``. Plain calls, not a wrapping
-    # coroutine: every extra frame is re-entered each time the operation resumes.
+    # ``caused_by_us()``; finally ``unwatch()`` (or ``disarm()``, which also
+    # unwatches). Plain calls, not a wrapping coroutine: every extra frame is
+    # re-entered each time the operation resumes.
 
-    def watch(self) -> int:
-        """Let the timer cancel the current task until ``unwatch()``; raise Expired if past."""
+    def watch(self) -> None:
+        """Let the alarm cancel the current task until unwatched; raise Expired if past."""
         if self._fired:
             raise Expired
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        return task.cancelling()
+        self._cancelling = task.cancelling()
 
-    def caused_by_us(self, cancelling: int) -> bool:
-        """On CancelledError: whether it was the timer (and no one else) that cancelled."""
+    def caused_by_us(self) -> bool:
+        """On CancelledError: whether it was the alarm (and no one else) that cancelled."""
         task = self._task
-        return task is not None and self._fired and task.uncancel() <= cancelling
+        return task is not None and self._fired and task.uncancel() <= self._cancelling
 
     def unwatch(self) -> None:
         self._task = None
 
     def disarm(self) -> None:
-        cancel_alarm(self._loop, self._alarm)
+        """Unwatch, and never ring: the operation is over."""
+        self._task = None
+        self.cancelled = True  # the clock drops it when it comes due, or sweeps it
+
+
+_UNBOUNDED = math.inf
 
 
 class LiveTimeouts(dict[str, float | None]):
@@ -209,12 +224,12 @@ class LiveTimeouts(dict[str, float | None]):
     ``read`` after connecting and writing, and again before the body. A value
     fixed when the attempt started would let a read run past the deadline by
     the time connecting took; here every ``get()`` gives the smaller of the
-    caller's own value and the time left until ``limit`` (and ``timeout.connect``
-    for ``connect``). The dict's stored items are those values at the start of
-    the attempt, for transports that copy it instead.
+    caller's own value (and ``timeout.connect`` for ``connect``) and the time
+    left until ``limit``. The dict's stored items are those values at the start
+    of the attempt, for transports that copy it instead.
     """
 
-    __slots__ = ("_connect_cap", "_limit", "configured")
+    __slots__ = ("_bounds", "_limit", "configured")
 
     def __init__(
         self,
@@ -222,39 +237,62 @@ class LiveTimeouts(dict[str, float | None]):
         limit: float | None,
         connect_cap: float | None,
         now: float,
+        *,
+        bounds: PhaseBounds | None = None,
     ) -> None:
         self.configured = configured
         self._limit = limit
-        self._connect_cap = connect_cap
-        # The values at the start, for transports that copy the dict.
-        for phase in _PHASES:
-            dict.__setitem__(self, phase, self._value_at(phase, now))
+        # ``bounds``: PhaseBounds(configured, connect_cap), when the caller has it.
+        if bounds is None:
+            bounds = PhaseBounds(configured, connect_cap)
+        self._bounds = bounds.by_phase
+        if limit is None or limit - now >= bounds.longest:
+            dict.update(self, bounds.values)  # the deadline bounds no phase yet
+        else:
+            left = max(0.0, limit - now)
+            for phase, bound in self._bounds.items():
+                dict.__setitem__(self, phase, bound if bound < left else left)
 
     def bound_by(self, limit: float | None) -> None:
         """From now on, work the values out against ``limit`` instead."""
         self._limit = limit
 
-    def _value_at(self, phase: str, now: float) -> float | None:
-        """The caller's own value, capped by the time left at ``now`` (and for connect)."""
-        value = self.configured.get(phase)
-        limit = self._limit
-        if limit is not None:
-            left = max(0.0, limit - now)
-            if value is None or left < value:
-                value = left
-        if phase == "connect":
-            cap = self._connect_cap
-            if cap is not None and (value is None or cap < value):
-                value = cap
-        return value
-
     def get(self, phase: str, default: float | None = None) -> float | None:  # type: ignore[override]
-        if phase not in _PHASES:
+        bound = self._bounds.get(phase)
+        if bound is None:
             return super().get(phase, default)
-        return self._value_at(phase, monotonic())
+        limit = self._limit
+        if limit is None:
+            return None if bound == _UNBOUNDED else bound
+        left = limit - monotonic()
+        if bound < left:
+            return bound
+        return left if left > 0.0 else 0.0
 
     def __getitem__(self, phase: str) -> float | None:
-        return self.get(phase) if phase in _PHASES else super().__getitem__(phase)
+        return self.get(phase) if phase in self._bounds else super().__getitem__(phase)
+
+
+class PhaseBounds:
+    """Each phase's bound apart from the deadline: the caller's own value, and
+    ``timeout.connect`` for ``connect`` (inf: none). Working a phase out is then
+    one comparison with the time left."""
+
+    __slots__ = ("by_phase", "longest", "values")
+
+    def __init__(self, configured: Mapping[str, float | None], connect_cap: float | None) -> None:
+        by_phase = {}
+        for phase in _PHASES:
+            value = configured.get(phase)
+            by_phase[phase] = _UNBOUNDED if value is None else value
+        if connect_cap is not None:
+            by_phase["connect"] = min(by_phase["connect"], connect_cap)
+        self.by_phase = by_phase
+        # With at least this much time left, the deadline bounds no phase.
+        self.longest = max(by_phase.values())
+        self.values = {
+            phase: None if bound == _UNBOUNDED else bound for phase, bound in by_phase.items()
+        }
 
 
 class DeadlineBody(httpx.AsyncByteStream):
@@ -276,13 +314,19 @@ class DeadlineBody(httpx.AsyncByteStream):
         reads_live_timeouts: bool = False,
     ) -> None:
         self._inner = inner
-        # httpx's own transport reads the "read" timeout live when the body starts,
-        # so each read it makes ends by (its start + the time that was left then):
-        # reads that start within BODY_SLACK of the first overshoot the deadline by
-        # at most that, and need no alarm. Only then (a slow or dripping body), or
-        # for a transport that may ignore timeouts, is the body's alarm set.
-        self._reads_live_timeouts = reads_live_timeouts
-        self._first_read_at: float | None = None
+        # Reads that start before this time need no alarm. Without a deadline, none
+        # does. httpx's own transport reads the "read" timeout live when the body
+        # starts (after this body is made), so each read it makes ends by (its
+        # start + the time that was left then): reads that start within BODY_SLACK
+        # of now overshoot the deadline by at most that. Only later reads (a slow
+        # or dripping body), or any read from a transport that may ignore
+        # timeouts, are watched by the body's alarm.
+        if deadline is None:
+            self._unwatched_until = _UNBOUNDED
+        elif reads_live_timeouts:
+            self._unwatched_until = min(monotonic() + BODY_SLACK, deadline)
+        else:
+            self._unwatched_until = -_UNBOUNDED
         self._deadline = deadline
         self._on_close: list[Callable[[], None]] | None = [on_close]
         self._strategy = strategy
@@ -301,55 +345,54 @@ class DeadlineBody(httpx.AsyncByteStream):
         return self
 
     async def __anext__(self) -> bytes:
-        chunks = self._chunks
-        assert chunks is not None
+        # The path of almost every read: a small body read at once.
+        if self._watchdog is None and monotonic() < self._unwatched_until:
+            try:
+                return await anext(self._chunks)  # type: ignore[arg-type]
+            except httpx.TimeoutException as exc:
+                expired = self._deadline_spent(exc)
+                if expired is None:
+                    raise
+                raise expired from exc
+        return await self._watched_read()
+
+    async def _watched_read(self) -> bytes:
         deadline = self._deadline
-        if deadline is None:
-            return await anext(chunks)
+        assert deadline is not None  # without one, no read is watched
         watchdog = self._watchdog
         if watchdog is None:
             now = monotonic()
             if now >= deadline:
                 raise self._expired(self._request, "while reading the body")
-            if self._reads_live_timeouts:
-                if self._first_read_at is None:
-                    self._first_read_at = now
-                if now - self._first_read_at <= BODY_SLACK:
-                    return await self._unwatched_read(chunks, deadline)
             watchdog = self._watchdog = Watchdog(deadline, now)
         try:
-            cancelling = watchdog.watch()
+            watchdog.watch()
             try:
-                return await anext(chunks)
+                return await anext(self._chunks)  # type: ignore[arg-type]
             except asyncio.CancelledError:
-                if watchdog.caused_by_us(cancelling):
+                if watchdog.caused_by_us():
                     raise Expired from None
                 raise
             finally:
                 watchdog.unwatch()
         except Expired:
-            watchdog.disarm()
             raise self._expired(self._request, "while reading the body") from None
         except httpx.TimeoutException as exc:
             watchdog.disarm()
-            if monotonic() >= deadline - _CLOCK_SLACK:
-                raise self._expired(
-                    self._request, f"while reading the body ({type(exc).__name__})"
-                ) from exc
-            raise
+            expired = self._deadline_spent(exc)
+            if expired is None:
+                raise
+            raise expired from exc
         except BaseException:  # StopAsyncIteration included: no more reads to watch
             watchdog.disarm()
             raise
 
-    async def _unwatched_read(self, chunks: AsyncIterator[bytes], deadline: float) -> bytes:
-        try:
-            return await anext(chunks)
-        except httpx.TimeoutException as exc:
-            if monotonic() >= deadline - _CLOCK_SLACK:
-                raise self._expired(
-                    self._request, f"while reading the body ({type(exc).__name__})"
-                ) from exc
-            raise
+    def _deadline_spent(self, exc: httpx.TimeoutException) -> DeadlineExceededError | None:
+        """The error to raise instead of a read's own timeout, if the deadline is spent."""
+        deadline = self._deadline
+        if deadline is not None and monotonic() >= deadline - _CLOCK_SLACK:
+            return self._expired(self._request, f"while reading the body ({type(exc).__name__})")
+        return None
 
     async def aclose(self) -> None:
         if self._watchdog is not None:

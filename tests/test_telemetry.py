@@ -423,7 +423,7 @@ async def test_a_global_sdk_set_up_after_the_client_is_picked_up(
         await client.get(upstream.url(0))  # the API alone: nothing recorded
         # What trace.set_tracer_provider() would do, without changing it for the process.
         monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
-        monkeypatch.setattr(_telemetry._global_providers, "_next_check", 0.0)  # a second on
+        monkeypatch.setattr(_telemetry._global_providers, "next_check", 0.0)  # a second on
         client._telemetry._tracer = provider.get_tracer("resilient_client")
         await client.get(upstream.url(0))
     assert len(_by_kind(exporter, SpanKind.INTERNAL)) == 1
