@@ -187,6 +187,8 @@ class AsyncClient(httpx.AsyncClient):
 
     def _route_for(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
         # httpx's own choice: a Route marker, or a transport the user gave.
+        if not self._mounts:
+            return self._transport  # what httpx would choose, without the search
         return super()._transport_for_url(url)
 
     def _build_pipeline(
