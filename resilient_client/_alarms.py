@@ -24,6 +24,8 @@ import itertools
 import time
 import weakref
 
+from ._deadline import running_loop
+
 __all__ = ["GRANULARITY", "Alarm", "AlarmClock", "alarm_clock"]
 
 GRANULARITY = 0.005
@@ -122,12 +124,7 @@ _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AlarmClock] = (
 
 def alarm_clock() -> AlarmClock:
     """The running loop's alarm clock (a clear error where no asyncio loop runs)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "resilient_client.AsyncClient runs on asyncio only (trio is not supported)"
-        ) from None
+    loop = running_loop()
     clock: AlarmClock | None = getattr(loop, _CLOCK_ATTRIBUTE, None)
     return _new_clock(loop) if clock is None else clock
 

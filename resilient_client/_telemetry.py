@@ -136,16 +136,14 @@ class _GlobalProviders:
     RECHECK_EVERY = 1.0
 
     def __init__(self) -> None:
-        self.next_check = 0.0  # callers may skip refresh() before this time
+        self.next_check = 0.0  # when refresh() is due (the caller checks, saving a call)
         self.tracing = False
         self.metering = False
 
-    def refresh(self) -> None:
-        now = time.monotonic()
-        if now >= self.next_check:
-            self.next_check = now + self.RECHECK_EVERY
-            self.tracing = _records(trace.get_tracer_provider())
-            self.metering = _records(metrics.get_meter_provider())
+    def refresh(self, now: float) -> None:
+        self.next_check = now + self.RECHECK_EVERY
+        self.tracing = _records(trace.get_tracer_provider())
+        self.metering = _records(metrics.get_meter_provider())
 
 
 _global_providers = _GlobalProviders()
@@ -297,8 +295,9 @@ class Telemetry:
         if header is not None:
             header.set_default(request.headers, bound_or_new_request_id)
         providers = _global_providers
-        if time.monotonic() >= providers.next_check:
-            providers.refresh()
+        now = time.monotonic()
+        if now >= providers.next_check:
+            providers.refresh(now)
         tracing = self.settings.traces and (
             providers.tracing if self._tracer_records is None else self._tracer_records
         )

@@ -57,6 +57,11 @@ _CLOCK_SLACK = 0.002
 _PHASES = ("connect", "read", "write", "pool")
 
 
+def _spent(deadline: float | None) -> bool:
+    """Whether ``deadline`` has passed, as far as a timeout that just fired can tell."""
+    return deadline is not None and monotonic() >= deadline - _CLOCK_SLACK
+
+
 class TimeoutStrategy:
     """Deadlines and per-attempt timeouts for one dependency."""
 
@@ -65,8 +70,8 @@ class TimeoutStrategy:
         self._policy = policy
         # The phase bounds of the last httpx timeouts seen: a client sends the same
         # ones on almost every request, so they are worked out once.
-        self._last_configured: dict[str, float | None] | None = None
-        self._last_bounds = PhaseBounds({}, policy.connect)
+        self._last_configured: Mapping[str, float | None] = {}
+        self._last_bounds = PhaseBounds(self._last_configured, policy.connect)
 
     def call_deadline(self) -> float | None:
         """The deadline a request to this dependency starting now must meet.
@@ -147,7 +152,7 @@ class TimeoutStrategy:
                 ) from None
             raise self.expired_error(request, "while waiting for the response") from None
         except httpx.TimeoutException as exc:
-            if call_deadline is not None and monotonic() >= call_deadline - _CLOCK_SLACK:
+            if _spent(call_deadline):
                 raise self.expired_error(
                     request, f"while waiting for the response ({type(exc).__name__})"
                 ) from exc
@@ -389,8 +394,7 @@ class DeadlineBody(httpx.AsyncByteStream):
 
     def _deadline_spent(self, exc: httpx.TimeoutException) -> DeadlineExceededError | None:
         """The error to raise instead of a read's own timeout, if the deadline is spent."""
-        deadline = self._deadline
-        if deadline is not None and monotonic() >= deadline - _CLOCK_SLACK:
+        if _spent(self._deadline):
             return self._expired(self._request, f"while reading the body ({type(exc).__name__})")
         return None
 
