@@ -81,6 +81,10 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
     ) -> None:
         self.name = name
         self.policy = policy
+        # Read on every call: plain attributes of the frozen policy (a pydantic
+        # model's attribute reads go through its __getattr__ hook).
+        self.total = policy.timeout.total
+        self._respect_retry_after = policy.retry.respect_retry_after
         self.named = named
         self.critical = critical
         self._route_for = route_for
@@ -93,8 +97,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self._pools = DependencyPools(
             name, transport_factory, limits, policy.bulkhead.max_concurrent
         )
-        # httpx's own transport reads its timeouts live (see DeadlineBody); another
-        # factory's, or the user's own transport, may ignore them.
+        # httpx's own transport reads its timeouts live (see DeadlineBody).
         self._pools_are_httpx = isinstance(transport_factory, HTTPXTransportFactory)
         self._telemetry = telemetry
         header = telemetry.settings.deadline_header
@@ -230,12 +233,14 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
                 transport = route  # the user's own transport or mount, used as given
             if call is not None and call.span is not None:
                 transport = self._telemetry.attempt_transport(transport)
-            response = await self._timeout.attempt(
-                transport.handle_async_request,
-                request,
-                deadline,
-                on_interrupt=None if lease is None else lease.interrupted,
-            )
+            guard = self._timeout.begin(request, deadline)
+            try:
+                response = await transport.handle_async_request(request)
+            except BaseException as error:
+                # The error itself, or the timeout it stands for (its cause set there).
+                interrupted = None if lease is None else lease.interrupted
+                raise guard.failed(error, interrupted)  # noqa: B904
+            guard.succeeded()
         except asyncio.CancelledError as cancelled:
             self._breaker.record_ignored(permit)  # the caller gave up: says nothing of them
             if lease is not None:
@@ -265,7 +270,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             # would refuse calls the quota admits, for longer than asked). The
             # Retry-After pause and the rate limit are what answer a 429.
             self._breaker.record_ignored(permit)
-            if self.policy.retry.respect_retry_after:
+            if self._respect_retry_after:
                 pause = retry_after_seconds(response)
                 if pause is not None:
                     # Everyone backs off together instead of each finding the limit.
@@ -285,10 +290,14 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         response.stream = DeadlineBody(
             stream,
             deadline=deadline,
-            on_close=(lambda: None) if lease is None else lease.release,
+            on_close=None if lease is None else lease.release,
             strategy=self._timeout,
             request=request,
-            reads_live_timeouts=lease is not None and self._pools_are_httpx,
+            # httpx's own transport reads its timeouts live; another factory's, or
+            # the user's own transport, may ignore them.
+            read_bound=(
+                guard.timeouts.read_bound if lease is not None and self._pools_are_httpx else None
+            ),
         )
         return response
 

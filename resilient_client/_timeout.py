@@ -29,12 +29,13 @@ from typing import Any
 
 import httpx
 
-from ._alarms import Alarm, alarm_clock
+from ._alarms import Alarm, AlarmClock, alarm_clock
 from ._deadline import deadline_in_force, monotonic
 from ._exceptions import DeadlineExceededError
 from ._settings import TimeoutPolicy
 
 __all__ = [
+    "AttemptGuard",
     "DeadlineBody",
     "Expired",
     "LiveTimeouts",
@@ -48,8 +49,9 @@ __all__ = [
 # (httpx's does) its own timeout wins the race even on a busy event loop;
 # cancelling inside httpcore is what can leak pool slots.
 BACKSTOP_GRACE = 0.02
-# How late past the deadline a body read by httpx's own transport may end before
-# the body's alarm is set (see DeadlineBody).
+# How long after a body is made its reads may go without an alarm (a body read at
+# once), and how far before the deadline such a read's own timeout must fire
+# (see DeadlineBody).
 BODY_SLACK = 0.01
 # A timer can fire a hair before the instant it was set for; treat as "at the deadline".
 _CLOCK_SLACK = 0.002
@@ -68,10 +70,18 @@ class TimeoutStrategy:
     def __init__(self, dependency: str, policy: TimeoutPolicy) -> None:
         self._dependency = dependency
         self._policy = policy
+        # Plain attributes of the frozen policy: read on every call, and a pydantic
+        # model's attribute reads go through its __getattr__ hook.
+        self._total = policy.total
+        self._attempt_limit = policy.attempt
+        self._connect = policy.connect
         # The phase bounds of the last httpx timeouts seen: a client sends the same
         # ones on almost every request, so they are worked out once.
         self._last_configured: Mapping[str, float | None] = {}
         self._last_bounds = PhaseBounds(self._last_configured, policy.connect)
+        # The running loop's alarm clock, looked up again only if the loop changes.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._alarms: AlarmClock | None = None
 
     def call_deadline(self) -> float | None:
         """The deadline a request to this dependency starting now must meet.
@@ -82,14 +92,15 @@ class TimeoutStrategy:
         dependency with a shorter budget gets that shorter budget.
         """
         in_force = deadline_in_force()
-        if self._policy.total is None:
+        total = self._total
+        if total is None:
             return in_force
-        own = monotonic() + self._policy.total
+        own = monotonic() + total
         return own if in_force is None or own < in_force else in_force
 
     def attempt_time_left(self, call_deadline: float | None) -> float | None:
         """Seconds an attempt starting now may take (None: unbounded): what we tell downstream."""
-        attempt = self._policy.attempt
+        attempt = self._attempt_limit
         if call_deadline is None:
             return attempt
         left = call_deadline - monotonic()
@@ -100,65 +111,51 @@ class TimeoutStrategy:
             self._dependency, f"the deadline passed {where}", request=request
         )
 
-    async def attempt(
-        self,
-        send: Callable[[httpx.Request], Awaitable[httpx.Response]],
-        request: httpx.Request,
-        call_deadline: float | None,
-        on_interrupt: Callable[[], None] | None = None,
-    ) -> httpx.Response:
-        """Send one attempt within ``timeout.attempt``, ``timeout.connect`` and the deadline.
+    def begin(self, request: httpx.Request, call_deadline: float | None) -> AttemptGuard:
+        """Bound one attempt by ``timeout.attempt``, ``timeout.connect`` and the deadline.
 
-        ``on_interrupt`` runs if the backstop had to cancel the send.
+        Sets the attempt's httpx timeouts on ``request`` and arms the backstop for
+        the current task. The caller then awaits the send itself (a coroutine
+        here would be one more frame for every resumption of the transport) and
+        ends the guard with exactly one of :meth:`AttemptGuard.succeeded` or
+        :meth:`AttemptGuard.failed`.
         """
         now = monotonic()
         limit = call_deadline
         attempt_bound = False
-        if self._policy.attempt is not None:
-            attempt_end = now + self._policy.attempt
+        attempt = self._attempt_limit
+        if attempt is not None:
+            attempt_end = now + attempt
             if limit is None or attempt_end < limit:
                 limit, attempt_bound = attempt_end, True
         if limit is not None and limit <= now:
             raise self.expired_error(request, "before the attempt could start")
-        configured = request.extensions.get("timeout") or {}
+        extensions = request.extensions
+        configured = extensions.get("timeout") or {}
         if isinstance(configured, LiveTimeouts):
             configured = configured.configured  # a redirect carries the last hop's bounds
         bounds = self._last_bounds
         if configured != self._last_configured:
-            bounds = self._last_bounds = PhaseBounds(configured, self._policy.connect)
+            bounds = self._last_bounds = PhaseBounds(configured, self._connect)
             self._last_configured = dict(configured)
-        timeouts = LiveTimeouts(configured, limit, self._policy.connect, now, bounds=bounds)
-        request.extensions = {**request.extensions, "timeout": timeouts}
-        if limit is None:
-            return await send(request)
-        backstop = Watchdog(limit + BACKSTOP_GRACE, now)
-        backstop.watch()
-        try:
-            response = await send(request)
-            # timeout.attempt bounds the wait for the response; reading its body is
-            # bounded by the call's deadline (the transport reads "read" again for it).
-            timeouts.bound_by(call_deadline)
-            return response
-        except asyncio.CancelledError:
-            if not backstop.caused_by_us():
-                raise
-            if on_interrupt is not None:
-                on_interrupt()  # cancelled inside the transport: see _pools.py
-            if attempt_bound:
-                raise httpx.TimeoutException(
-                    f"attempt exceeded timeout.attempt={self._policy.attempt}s "
-                    f"(dependency {self._dependency!r})",
-                    request=request,
-                ) from None
-            raise self.expired_error(request, "while waiting for the response") from None
-        except httpx.TimeoutException as exc:
-            if _spent(call_deadline):
-                raise self.expired_error(
-                    request, f"while waiting for the response ({type(exc).__name__})"
-                ) from exc
-            raise
-        finally:
-            backstop.disarm()
+        timeouts = LiveTimeouts(configured, limit, self._connect, now, bounds=bounds)
+        request.extensions = {**extensions, "timeout": timeouts}
+        return AttemptGuard(self, request, timeouts, call_deadline, limit, attempt_bound, now)
+
+    def alarm_clock(self) -> AlarmClock:
+        """The running loop's alarm clock (a clear error where no asyncio loop runs)."""
+        loop = asyncio._get_running_loop()
+        if loop is not self._loop or self._alarms is None:
+            self._alarms = alarm_clock()
+            self._loop = loop
+        return self._alarms
+
+    def attempt_timed_out(self, request: httpx.Request) -> httpx.TimeoutException:
+        return httpx.TimeoutException(
+            f"attempt exceeded timeout.attempt={self._attempt_limit}s "
+            f"(dependency {self._dependency!r})",
+            request=request,
+        )
 
 
 class Expired(Exception):
@@ -219,6 +216,89 @@ class Watchdog(Alarm):
         self.cancelled = True  # the clock drops it when it comes due, or sweeps it
 
 
+class AttemptGuard(Watchdog):
+    """One attempt's timeouts and backstop, from :meth:`TimeoutStrategy.begin` to its end.
+
+    The backstop watches the task that began the attempt from the start (an
+    attempt is one await), and rings ``BACKSTOP_GRACE`` after the attempt's limit.
+    Without a limit (no deadline, no ``timeout.attempt``) nothing is armed.
+    """
+
+    __slots__ = ("_attempt_bound", "_call_deadline", "_request", "_strategy", "timeouts")
+
+    def __init__(
+        self,
+        strategy: TimeoutStrategy,
+        request: httpx.Request,
+        timeouts: LiveTimeouts,
+        call_deadline: float | None,
+        limit: float | None,
+        attempt_bound: bool,
+        now: float,
+    ) -> None:
+        # Watchdog's attributes, set here rather than through its __init__ (a call
+        # saved on every attempt), and the task watched at once.
+        self.cancelled = False
+        self._fired = False
+        self._strategy = strategy
+        self._request = request
+        self.timeouts = timeouts
+        self._call_deadline = call_deadline
+        self._attempt_bound = attempt_bound
+        if limit is None:
+            self._task = None
+            self._cancelling = 0
+            return
+        # The clock first: where no asyncio loop runs, its error is the clear one.
+        strategy.alarm_clock().set_in(limit + BACKSTOP_GRACE - now, self)
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+
+    def succeeded(self) -> None:
+        """The transport returned a response: disarm the backstop."""
+        # timeout.attempt bounds the wait for the response; reading its body is
+        # bounded by the call's deadline (the transport reads "read" again for it).
+        self.timeouts.limit = self._call_deadline
+        self._task = None
+        self.cancelled = True
+
+    def failed(
+        self, error: BaseException, on_interrupt: Callable[[], None] | None = None
+    ) -> BaseException:
+        """The transport raised ``error``: disarm, and return what to raise in its place.
+
+        A cancellation by the backstop becomes ``httpx.TimeoutException`` (the
+        attempt's own limit) or :class:`DeadlineExceededError` (the call's), and
+        ``on_interrupt`` runs, since the send was cancelled inside the transport
+        (see _pools.py); a timeout the transport raised once the deadline was spent
+        becomes :class:`DeadlineExceededError`. Anything else is returned as it is.
+        """
+        ours = isinstance(error, asyncio.CancelledError) and self.caused_by_us()
+        self.disarm()
+        strategy = self._strategy
+        replacement: BaseException
+        if ours:
+            if on_interrupt is not None:
+                on_interrupt()
+            if self._attempt_bound:
+                replacement = strategy.attempt_timed_out(self._request)
+            else:
+                replacement = strategy.expired_error(
+                    self._request, "while waiting for the response"
+                )
+            replacement.__suppress_context__ = True  # as ``raise ... from None``
+            return replacement
+        if isinstance(error, httpx.TimeoutException) and _spent(self._call_deadline):
+            replacement = strategy.expired_error(
+                self._request, f"while waiting for the response ({type(error).__name__})"
+            )
+            replacement.__cause__ = error
+            return replacement
+        return error
+
+
 _UNBOUNDED = math.inf
 
 
@@ -234,7 +314,7 @@ class LiveTimeouts(dict[str, float | None]):
     of the attempt, for transports that copy it instead.
     """
 
-    __slots__ = ("_bounds", "_limit", "configured")
+    __slots__ = ("_bounds", "configured", "limit", "read_bound")
 
     def __init__(
         self,
@@ -246,11 +326,15 @@ class LiveTimeouts(dict[str, float | None]):
         bounds: PhaseBounds | None = None,
     ) -> None:
         self.configured = configured
-        self._limit = limit
+        # What the values are worked out against from now on (the attempt's guard
+        # moves it to the call's deadline once the response has arrived).
+        self.limit = limit
         # ``bounds``: PhaseBounds(configured, connect_cap), when the caller has it.
         if bounds is None:
             bounds = PhaseBounds(configured, connect_cap)
         self._bounds = bounds.by_phase
+        # Each read's own bound apart from the deadline (inf: none).
+        self.read_bound = bounds.by_phase["read"]
         if limit is None or limit - now >= bounds.longest:
             dict.update(self, bounds.values)  # the deadline bounds no phase yet
         else:
@@ -258,15 +342,11 @@ class LiveTimeouts(dict[str, float | None]):
             for phase, bound in self._bounds.items():
                 dict.__setitem__(self, phase, bound if bound < left else left)
 
-    def bound_by(self, limit: float | None) -> None:
-        """From now on, work the values out against ``limit`` instead."""
-        self._limit = limit
-
     def get(self, phase: str, default: float | None = None) -> float | None:  # type: ignore[override]
         bound = self._bounds.get(phase)
         if bound is None:
             return super().get(phase, default)
-        limit = self._limit
+        limit = self.limit
         if limit is None:
             return None if bound == _UNBOUNDED else bound
         left = limit - monotonic()
@@ -313,27 +393,31 @@ class DeadlineBody(httpx.AsyncByteStream):
         inner: httpx.AsyncByteStream,
         *,
         deadline: float | None,
-        on_close: Callable[[], None],
+        on_close: Callable[[], None] | None,
         strategy: TimeoutStrategy,
         request: httpx.Request,
-        reads_live_timeouts: bool = False,
+        read_bound: float | None = None,
     ) -> None:
         self._inner = inner
-        # Reads that start before this time need no alarm. Without a deadline, none
-        # does. httpx's own transport reads the "read" timeout live when the body
-        # starts (after this body is made), so each read it makes ends by (its
-        # start + the time that was left then): reads that start within BODY_SLACK
-        # of now overshoot the deadline by at most that. Only later reads (a slow
-        # or dripping body), or any read from a transport that may ignore
-        # timeouts, are watched by the body's alarm.
+        # Reads that start before this time need no alarm, and any timeout they
+        # raise is their own. Without a deadline, no read needs one. ``read_bound``
+        # is the read timeout the transport applies to each read of the body,
+        # worked out live when the body starts (httpx's own transport does; None:
+        # the transport may ignore timeouts, and every read is watched). A read
+        # that starts more than that before the deadline ends before it, and a
+        # timeout it raises is its own; so is any read of a body read at once
+        # (within BODY_SLACK of now). Later reads (a slow or dripping body) are
+        # watched by the body's alarm.
         if deadline is None:
             self._unwatched_until = _UNBOUNDED
-        elif reads_live_timeouts:
-            self._unwatched_until = min(monotonic() + BODY_SLACK, deadline)
+        elif read_bound is not None:
+            self._unwatched_until = min(
+                monotonic() + BODY_SLACK, deadline - read_bound - BODY_SLACK
+            )
         else:
             self._unwatched_until = -_UNBOUNDED
         self._deadline = deadline
-        self._on_close: list[Callable[[], None]] | None = [on_close]
+        self._on_close: list[Callable[[], None]] | None = [] if on_close is None else [on_close]
         self._strategy = strategy
         self._request = request
         self._watchdog: Watchdog | None = None
@@ -349,17 +433,13 @@ class DeadlineBody(httpx.AsyncByteStream):
         self._chunks = aiter(self._inner)
         return self
 
-    async def __anext__(self) -> bytes:
-        # The path of almost every read: a small body read at once.
+    def __anext__(self) -> Awaitable[bytes]:
+        # The path of almost every read: a small body read at once, with time to
+        # spare. It hands out the inner stream's own awaitable: no frame of ours is
+        # made, or resumed while the read waits.
         if self._watchdog is None and monotonic() < self._unwatched_until:
-            try:
-                return await anext(self._chunks)  # type: ignore[arg-type]
-            except httpx.TimeoutException as exc:
-                expired = self._deadline_spent(exc)
-                if expired is None:
-                    raise
-                raise expired from exc
-        return await self._watched_read()
+            return anext(self._chunks)  # type: ignore[arg-type]
+        return self._watched_read()
 
     async def _watched_read(self) -> bytes:
         deadline = self._deadline

@@ -300,14 +300,12 @@ async def test_each_request_gets_the_phase_timeouts_it_asked_for() -> None:
     strategy = TimeoutStrategy("svc", TimeoutPolicy(total=None, attempt=None, connect=0.5))
     seen: list[tuple[float | None, float | None]] = []
 
-    async def send(request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions["timeout"]
-        seen.append((timeouts.get("read"), timeouts.get("connect")))
-        return httpx.Response(200, request=request)
-
     for read in (2.0, 2.0, 7.0, None):
         request = httpx.Request("GET", "http://127.0.0.1:9/")
         request.extensions = {"timeout": httpx.Timeout(5.0, read=read).as_dict()}
-        await strategy.attempt(send, request, time.monotonic() + 60)
+        guard = strategy.begin(request, time.monotonic() + 60)
+        timeouts = request.extensions["timeout"]
+        seen.append((timeouts.get("read"), timeouts.get("connect")))
+        guard.succeeded()
     # No read timeout of its own: the time left until the deadline bounds it.
     assert seen == [(2.0, 0.5), (2.0, 0.5), (7.0, 0.5), (pytest.approx(60, abs=1), 0.5)]
