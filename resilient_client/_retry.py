@@ -114,6 +114,9 @@ class RetryStrategy:
     def __init__(self, dependency: str, policy: RetryPolicy, budget: RetryBudget) -> None:
         self._dependency = dependency
         self._policy = policy
+        # Read on every call: plain attributes of the frozen policy.
+        self._attempts = policy.attempts
+        self._retry_on_status = policy.retry_on_status
         self.budget = budget
         self._wait_backoff = tenacity.wait_random_exponential(
             multiplier=policy.backoff_base, max=policy.backoff_max
@@ -127,10 +130,10 @@ class RetryStrategy:
 
     def reason_to_retry(self, request: httpx.Request, outcome: Outcome) -> str | None:
         """Why this outcome may be retried, or None when it must not be."""
-        if self._policy.attempts < 2:
+        if self._attempts < 2:
             return None
         if isinstance(outcome, httpx.Response):
-            if outcome.status_code in self._policy.retry_on_status and self.safe_to_resend(request):
+            if outcome.status_code in self._retry_on_status and self.safe_to_resend(request):
                 return f"status {outcome.status_code}"
             return None
         if isinstance(outcome, ResilienceError | httpx.PoolTimeout):
