@@ -924,14 +924,24 @@ def recovery_time(
 def amplification_between(
     log: CallLog, received: Mapping[str, Any], bucket: float, start: float, end: float
 ) -> dict[str, Any]:
-    """Requests the server received per call started, counting only ``[start, end)``."""
+    """Requests the server received per call started, counting only ``[start, end)``.
+
+    The server counts requests in buckets, so both are counted over the buckets
+    that begin within ``[start, end)``: calls by the bucket their start falls in.
+    (Counting calls over ``[start, end)`` itself measured two different spans
+    wherever the window did not begin and end on bucket edges.)
+    """
+    first = math.ceil(start / bucket - 1e-9)
+    last = math.ceil(end / bucket - 1e-9)  # the first bucket that begins at or after ``end``
     calls = sum(
-        1 for s, o in zip(log.starts, log.outcomes, strict=True) if start <= s < end and _sent(o)
+        1
+        for s, o in zip(log.starts, log.outcomes, strict=True)
+        if first <= int(s / bucket + 1e-9) < last and _sent(o)
     )
     requests = sum(
         sum(slot.values())
         for key, slot in received.get("timeline", {}).items()
-        if start <= int(key) * bucket < end
+        if first <= int(key) < last
     )
     return {
         "calls": calls,
