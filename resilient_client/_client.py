@@ -33,6 +33,7 @@ from httpx._types import (
 )
 from opentelemetry import metrics, trace
 
+from ._cookies import ResponseCookies
 from ._deadline import monotonic, pop_deadline, push_deadline
 from ._pipeline import DependencyPipeline
 from ._registry import DependencyRegistry
@@ -126,6 +127,9 @@ class AsyncClient(httpx.AsyncClient):
             trust_env=trust_env,
             default_encoding=default_encoding,
         )
+        # The same store (a jar given as ``cookies`` stays the one the client fills),
+        # minus the cost of handing it responses that set no cookie (_cookies.py).
+        self._cookies = ResponseCookies(self._cookies.jar)
         self._transport_factory: TransportFactory = transport_factory or HTTPXTransportFactory(
             verify=verify,
             cert=cert,
@@ -146,6 +150,15 @@ class AsyncClient(httpx.AsyncClient):
         )
         self._registry = DependencyRegistry(self._resilience_settings, self._build_pipeline)
         self._last_resolved: tuple[httpx.URL, DependencyPipeline] | None = None
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Cookie values to include when sending requests (as in httpx)."""
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: CookieTypes) -> None:
+        self._cookies = ResponseCookies(cookies)
 
     @property
     def resilience_settings(self) -> ResilienceSettings:
@@ -250,7 +263,7 @@ class AsyncClient(httpx.AsyncClient):
         """
         pipeline = self._registry.resolve(request.url)
         self._last_resolved = (request.url, pipeline)
-        total = pipeline.policy.timeout.total
+        total = pipeline.total
         token = push_deadline(None if total is None else monotonic() + total)
         try:
             return await super().send(

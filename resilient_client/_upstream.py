@@ -13,6 +13,7 @@ server can play a healthy host, a slow one and a broken one at once:
 ``reset=1``        close the connection without answering
 ``retry_after=V``  add a ``Retry-After: V`` header
 ``location=URL``   add a ``Location: URL`` header (with ``status=302``: a redirect)
+``set_cookie=V``   add a ``Set-Cookie: V`` header
 =================  ===========================================================
 
 A port can instead be given a fault *profile* (:mod:`._profiles`), configured
@@ -260,7 +261,11 @@ class Upstream:
         size = int(options.get("size", 2))
         extra = "".join(
             f"{name}: {options[key]}\r\n"
-            for key, name in (("retry_after", "Retry-After"), ("location", "Location"))
+            for key, name in (
+                ("retry_after", "Retry-After"),
+                ("location", "Location"),
+                ("set_cookie", "Set-Cookie"),
+            )
             if key in options
         )
         head = _head(status, size, extra)
