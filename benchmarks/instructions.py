@@ -6,15 +6,23 @@ not. Each client runs under ``valgrind --tool=callgrind`` twice, sending
 process, not counted); the difference between the two runs, divided by the
 difference in requests, is the cost of one request without the start-up.
 
-Four clients, each counted in the same run:
+Five clients, each counted in the same run:
 
 - ``bare``: httpx as it comes.
-- ``bare-same-wire``: httpx with the two headers resilient_client adds to every
-  request by default (a request id and the time left) as client headers, so the
-  request on the wire is the same and only the layers differ.
+- ``bare-same-cookies``: httpx with resilient_client's cookie store
+  (``_cookies.py``: a response that sets no cookie is not handed to the jar), so
+  that against it only the resilience layers differ.
+- ``bare-same-wire``: the same, with the two headers resilient_client adds to
+  every request by default (a request id and the time left) as client headers,
+  so the request on the wire is the same too.
 - ``resilient``: resilient_client's defaults.
 - ``resilient-no-propagation``: the same with both headers switched off (what
-  issue 2's client sent): against ``bare``, the layers alone again.
+  issue 2's client sent).
+
+The ratios: what switching costs (``resilient-no-propagation`` and
+``resilient`` against ``bare``), and what the layers alone cost
+(``resilient-no-propagation`` against ``bare-same-cookies``, ``resilient``
+against ``bare-same-wire``).
 
 What made earlier counts at concurrency 10 move by 15% between runs was not
 the clients' code but httpcore's pool. A request can be handed a connection
@@ -38,8 +46,8 @@ moves a 400-request difference by several percent. In a service those objects
 are a small part of a much larger heap, which every client shares. The
 collections of what each request allocates are still counted.
 
-Needs valgrind (``apt-get install valgrind``). One round of the four clients
-at concurrency 10 takes about 10 minutes, since valgrind runs Python about 50
+Needs valgrind (``apt-get install valgrind``). One round of the five clients
+at concurrency 10 takes about 12 minutes, since valgrind runs Python about 50
 times slower.
 
     python benchmarks/instructions.py [--small 100] [--large 500] [--concurrency 10]
@@ -66,9 +74,16 @@ from typing import Any
 import httpx
 
 import resilient_client as rc
+from resilient_client._cookies import ResponseCookies
 from resilient_client._upstream import UpstreamProcess
 
-KINDS = ("bare", "bare-same-wire", "resilient", "resilient-no-propagation")
+KINDS = (
+    "bare",
+    "bare-same-cookies",
+    "bare-same-wire",
+    "resilient",
+    "resilient-no-propagation",
+)
 
 # What resilient_client adds to every request by default (docs/telemetry.md),
 # with values of the same length as the ones it sends here: a 32-digit request
@@ -85,8 +100,12 @@ def _client(kind: str) -> httpx.AsyncClient:
     # would change the code path being counted.
     if kind == "bare":
         return httpx.AsyncClient(trust_env=False, timeout=120)
-    if kind == "bare-same-wire":
-        return httpx.AsyncClient(trust_env=False, timeout=120, headers=SAME_WIRE_HEADERS)
+    if kind in ("bare-same-cookies", "bare-same-wire"):
+        headers = SAME_WIRE_HEADERS if kind == "bare-same-wire" else None
+        client = httpx.AsyncClient(trust_env=False, timeout=120, headers=headers)
+        # httpx's own setter would wrap any store in httpx.Cookies again.
+        client._cookies = ResponseCookies(client.cookies.jar)
+        return client
     if kind == "resilient":
         return rc.AsyncClient(trust_env=False, timeout=120)
     if kind == "resilient-no-propagation":
@@ -228,9 +247,10 @@ def _report(tally: Tally) -> None:
             f"discarded: {tally.discarded[kind]}{note}"
         )
     pairs = [
-        ("resilient", "bare-same-wire", "layers (the same request on the wire)"),
-        ("resilient-no-propagation", "bare", "layers (headers off, against bare)"),
-        ("resilient", "bare", "the defaults, headers and all, against bare"),
+        ("resilient-no-propagation", "bare", "switching, headers off"),
+        ("resilient", "bare", "switching: the defaults, headers and all"),
+        ("resilient-no-propagation", "bare-same-cookies", "the layers alone, headers off"),
+        ("resilient", "bare-same-wire", "the layers alone, the same request on the wire"),
     ]
     print("\nratios, per round and of the medians")
     for ours, theirs, meaning in pairs:
@@ -256,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=100, help="requests in the short run")
     parser.add_argument("--large", type=int, default=500, help="requests in the long run")
     parser.add_argument("--concurrency", type=int, default=10, help="requests in flight (10)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the four clients")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the five clients")
     parser.add_argument(
         "--tries", type=int, default=4, help="runs per count until no extra connection (4)"
     )
