@@ -399,23 +399,24 @@ class DeadlineBody(httpx.AsyncByteStream):
         read_bound: float | None = None,
     ) -> None:
         self._inner = inner
-        # Reads that start before this time need no alarm, and any timeout they
-        # raise is their own. Without a deadline, no read needs one. ``read_bound``
-        # is the read timeout the transport applies to each read of the body,
-        # worked out live when the body starts (httpx's own transport does; None:
-        # the transport may ignore timeouts, and every read is watched). A read
-        # that starts more than that before the deadline ends before it, and a
-        # timeout it raises is its own; so is any read of a body read at once
-        # (within BODY_SLACK of now). Later reads (a slow or dripping body) are
-        # watched by the body's alarm.
+        # Reads that start before ``_unwatched_until`` need no alarm. Without a
+        # deadline, none does. ``read_bound`` is the read timeout the transport
+        # gives each read of the body, capped by the time left when the body
+        # starts (httpx's own transport reads it live then; None: the transport
+        # may ignore timeouts, and every read is watched). So reads that start
+        # within BODY_SLACK of now overshoot the deadline by at most that; later
+        # reads (a slow or dripping body) are watched by the body's alarm.
+        # Reads that start before ``_plain_until`` also start more than
+        # ``read_bound`` (and BODY_SLACK) before the deadline: they end before it,
+        # and a timeout they raise is their own, so they are the inner stream's
+        # reads as they are.
         if deadline is None:
-            self._unwatched_until = _UNBOUNDED
+            self._unwatched_until = self._plain_until = _UNBOUNDED
         elif read_bound is not None:
-            self._unwatched_until = min(
-                monotonic() + BODY_SLACK, deadline - read_bound - BODY_SLACK
-            )
+            self._unwatched_until = min(monotonic() + BODY_SLACK, deadline)
+            self._plain_until = min(self._unwatched_until, deadline - read_bound - BODY_SLACK)
         else:
-            self._unwatched_until = -_UNBOUNDED
+            self._unwatched_until = self._plain_until = -_UNBOUNDED
         self._deadline = deadline
         self._on_close: list[Callable[[], None]] | None = [] if on_close is None else [on_close]
         self._strategy = strategy
@@ -434,12 +435,27 @@ class DeadlineBody(httpx.AsyncByteStream):
         return self
 
     def __anext__(self) -> Awaitable[bytes]:
-        # The path of almost every read: a small body read at once, with time to
-        # spare. It hands out the inner stream's own awaitable: no frame of ours is
-        # made, or resumed while the read waits.
-        if self._watchdog is None and monotonic() < self._unwatched_until:
-            return anext(self._chunks)  # type: ignore[arg-type]
+        if self._watchdog is None:
+            now = monotonic()
+            if now < self._plain_until:
+                # The path of almost every read: a small body read at once, with
+                # time to spare. The inner stream's own awaitable, handed out: no
+                # frame of ours is made, or resumed while the read waits.
+                return anext(self._chunks)  # type: ignore[arg-type]
+            if now < self._unwatched_until:
+                return self._unwatched_read()
         return self._watched_read()
+
+    async def _unwatched_read(self) -> bytes:
+        # Its timeout may be the deadline's (the time left was shorter than the
+        # read timeout when the body started).
+        try:
+            return await anext(self._chunks)  # type: ignore[arg-type]
+        except httpx.TimeoutException as exc:
+            expired = self._deadline_spent(exc)
+            if expired is None:
+                raise
+            raise expired from exc
 
     async def _watched_read(self) -> bytes:
         deadline = self._deadline

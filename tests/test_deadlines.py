@@ -309,3 +309,39 @@ async def test_each_request_gets_the_phase_timeouts_it_asked_for() -> None:
         guard.succeeded()
     # No read timeout of its own: the time left until the deadline bounds it.
     assert seen == [(2.0, 0.5), (2.0, 0.5), (7.0, 0.5), (pytest.approx(60, abs=1), 0.5)]
+
+
+async def test_a_body_stalled_from_its_first_byte_ends_in_httpxs_timeout_at_the_deadline(
+    upstream: Upstream,
+) -> None:
+    # The read timeout (30 s) is longer than the time left: the body's first read
+    # starts at once, unwatched, and its timeout is the deadline's, worked out
+    # when the body started. It must come out as DeadlineExceededError, caused by
+    # httpx's ReadTimeout (no alarm of ours ended it).
+    quiet = {"breaker": {"consecutive_failures": None}, "retry": {"attempts": 1}}
+    async with rc.AsyncClient(timeout=30, settings={"default": quiet}) as client:
+        start = time.monotonic()
+        with rc.deadline(0.3), pytest.raises(rc.DeadlineExceededError) as caught:
+            await client.get(upstream.url(0, "/?drip=5&size=2"))
+        elapsed = time.monotonic() - start
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    assert "while reading the body" in str(caught.value)
+    assert 0.3 - 0.005 <= elapsed <= 0.3 + TOLERANCE
+
+
+@pytest.mark.parametrize("httpx_timeout", [5.0, 30.0])
+async def test_a_small_body_read_at_once_sets_no_alarm_of_its_own(
+    upstream: Upstream, httpx_timeout: float
+) -> None:
+    # Each attempt sets its backstop's alarm; a body read at once sets none,
+    # whether its read timeout is shorter than the time left (5 s of the default
+    # 10 s) or longer (30 s).
+    from resilient_client._alarms import alarm_clock
+
+    async with rc.AsyncClient(timeout=httpx_timeout) as client:
+        await client.get(upstream.url(0))
+        before = alarm_clock().pending
+        for _ in range(20):
+            response = await client.get(upstream.url(0, "/?size=100"))
+            assert response.content == b"x" * 100
+        assert alarm_clock().pending - before == 20
