@@ -239,7 +239,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             except BaseException as error:
                 # The error itself, or the timeout it stands for (its cause set there).
                 interrupted = None if lease is None else lease.interrupted
-                raise guard.failed(error, interrupted)  # noqa: B904
+                raise guard.failed(error, request, interrupted)  # noqa: B904
             guard.succeeded()
         except asyncio.CancelledError as cancelled:
             self._breaker.record_ignored(permit)  # the caller gave up: says nothing of them
@@ -295,9 +295,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             request=request,
             # httpx's own transport reads its timeouts live; another factory's, or
             # the user's own transport, may ignore them.
-            read_bound=(
-                guard.timeouts.read_bound if lease is not None and self._pools_are_httpx else None
-            ),
+            read_bound=guard.read_bound if lease is not None and self._pools_are_httpx else None,
         )
         return response
 

@@ -140,7 +140,7 @@ class TimeoutStrategy:
             self._last_configured = dict(configured)
         timeouts = LiveTimeouts(configured, limit, self._connect, now, bounds=bounds)
         request.extensions = {**extensions, "timeout": timeouts}
-        return AttemptGuard(self, request, timeouts, call_deadline, limit, attempt_bound, now)
+        return AttemptGuard(self, timeouts, call_deadline, limit, attempt_bound, now)
 
     def alarm_clock(self) -> AlarmClock:
         """The running loop's alarm clock (a clear error where no asyncio loop runs)."""
@@ -222,14 +222,19 @@ class AttemptGuard(Watchdog):
     The backstop watches the task that began the attempt from the start (an
     attempt is one await), and rings ``BACKSTOP_GRACE`` after the attempt's limit.
     Without a limit (no deadline, no ``timeout.attempt``) nothing is armed.
+
+    A disarmed alarm stays in its clock's heap until it comes due or is swept, so
+    once the attempt is over the guard lets go of everything but a few numbers:
+    holding the attempt's timeouts (and through a request, its whole object
+    graph) there would keep hundreds of them alive past their call, for the
+    garbage collector to walk.
     """
 
-    __slots__ = ("_attempt_bound", "_call_deadline", "_request", "_strategy", "timeouts")
+    __slots__ = ("_attempt_bound", "_call_deadline", "_strategy", "_timeouts", "read_bound")
 
     def __init__(
         self,
         strategy: TimeoutStrategy,
-        request: httpx.Request,
         timeouts: LiveTimeouts,
         call_deadline: float | None,
         limit: float | None,
@@ -241,8 +246,9 @@ class AttemptGuard(Watchdog):
         self.cancelled = False
         self._fired = False
         self._strategy = strategy
-        self._request = request
-        self.timeouts = timeouts
+        self._timeouts: LiveTimeouts | None = timeouts
+        # Each body read's own bound apart from the deadline (inf: none).
+        self.read_bound = timeouts.read_bound
         self._call_deadline = call_deadline
         self._attempt_bound = attempt_bound
         if limit is None:
@@ -258,14 +264,20 @@ class AttemptGuard(Watchdog):
 
     def succeeded(self) -> None:
         """The transport returned a response: disarm the backstop."""
-        # timeout.attempt bounds the wait for the response; reading its body is
-        # bounded by the call's deadline (the transport reads "read" again for it).
-        self.timeouts.limit = self._call_deadline
+        timeouts = self._timeouts
+        if timeouts is not None:
+            # timeout.attempt bounds the wait for the response; reading its body is
+            # bounded by the call's deadline (the transport reads "read" again for it).
+            timeouts.limit = self._call_deadline
+        self._timeouts = None
         self._task = None
         self.cancelled = True
 
     def failed(
-        self, error: BaseException, on_interrupt: Callable[[], None] | None = None
+        self,
+        error: BaseException,
+        request: httpx.Request,
+        on_interrupt: Callable[[], None] | None = None,
     ) -> BaseException:
         """The transport raised ``error``: disarm, and return what to raise in its place.
 
@@ -277,22 +289,21 @@ class AttemptGuard(Watchdog):
         """
         ours = isinstance(error, asyncio.CancelledError) and self.caused_by_us()
         self.disarm()
+        self._timeouts = None
         strategy = self._strategy
         replacement: BaseException
         if ours:
             if on_interrupt is not None:
                 on_interrupt()
             if self._attempt_bound:
-                replacement = strategy.attempt_timed_out(self._request)
+                replacement = strategy.attempt_timed_out(request)
             else:
-                replacement = strategy.expired_error(
-                    self._request, "while waiting for the response"
-                )
+                replacement = strategy.expired_error(request, "while waiting for the response")
             replacement.__suppress_context__ = True  # as ``raise ... from None``
             return replacement
         if isinstance(error, httpx.TimeoutException) and _spent(self._call_deadline):
             replacement = strategy.expired_error(
-                self._request, f"while waiting for the response ({type(error).__name__})"
+                request, f"while waiting for the response ({type(error).__name__})"
             )
             replacement.__cause__ = error
             return replacement
