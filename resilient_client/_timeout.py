@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -80,8 +81,10 @@ class TimeoutStrategy:
         self._last_configured: Mapping[str, float | None] = {}
         self._last_bounds = PhaseBounds(self._last_configured, policy.connect)
         # The running loop's alarm clock, looked up again only if the loop changes.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._alarms: AlarmClock | None = None
+        # Both weakly: a client must not keep a closed loop alive (nor its clock,
+        # whose timer holds the loop).
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self._alarms: weakref.ref[AlarmClock] | None = None
 
     def call_deadline(self) -> float | None:
         """The deadline a request to this dependency starting now must meet.
@@ -145,10 +148,12 @@ class TimeoutStrategy:
     def alarm_clock(self) -> AlarmClock:
         """The running loop's alarm clock (a clear error where no asyncio loop runs)."""
         loop = asyncio._get_running_loop()
-        if loop is not self._loop or self._alarms is None:
-            self._alarms = alarm_clock()
-            self._loop = loop
-        return self._alarms
+        clock = None if self._alarms is None else self._alarms()
+        if clock is None or self._loop is None or self._loop() is not loop:
+            clock = alarm_clock()  # raises where no asyncio loop runs
+            self._alarms = weakref.ref(clock)
+            self._loop = weakref.ref(asyncio.get_running_loop())
+        return clock
 
     def attempt_timed_out(self, request: httpx.Request) -> httpx.TimeoutException:
         return httpx.TimeoutException(
@@ -257,10 +262,7 @@ class AttemptGuard(Watchdog):
             return
         # The clock first: where no asyncio loop runs, its error is the clear one.
         strategy.alarm_clock().set_in(limit + BACKSTOP_GRACE - now, self)
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._cancelling = task.cancelling()
+        self.watch()
 
     def succeeded(self) -> None:
         """The transport returned a response: disarm the backstop."""

@@ -7,6 +7,7 @@ import gc
 import time
 import weakref
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,3 +93,25 @@ def test_a_loop_with_a_pending_alarm_is_freed_once_closed() -> None:
 def test_outside_a_running_loop_the_error_says_asyncio_only() -> None:
     with pytest.raises(RuntimeError, match="asyncio only"):
         alarm_clock()
+
+
+def test_a_dependency_that_set_alarms_on_a_loop_does_not_keep_it_alive() -> None:
+    """Each dependency remembers the clock of the loop it last ran on, weakly."""
+    from resilient_client._settings import TimeoutPolicy
+    from resilient_client._timeout import TimeoutStrategy
+
+    strategy = TimeoutStrategy("svc", TimeoutPolicy())
+
+    async def attempt() -> None:
+        request = httpx.Request("GET", "http://127.0.0.1:9/")
+        strategy.begin(request, None).succeeded()
+
+    loops = []
+    for _ in range(2):  # the second loop's attempt finds the first loop's clock stale
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(attempt())
+        loop.close()
+        loops.append(weakref.ref(loop))
+        del loop
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None]
