@@ -4,9 +4,10 @@ httpx hands every response to its cookie jar (``Cookies.extract_cookies``).
 Before the jar looks for a ``Set-Cookie`` header, httpx wraps the request in a
 ``urllib.request.Request`` (copying every request header into it) and the
 standard library builds an ``email.message.Message`` of the response headers,
-twice: about 150 Python calls, some 7% of the client-side CPU of a small
-request, spent on every response, though most responses between services set
-no cookie. The jar then finds no cookie header and stores nothing.
+twice: about 150 Python calls, 5 to 8% of the client-side instructions of a
+small request (benchmarks/results/2026-12-01.md), spent on every response,
+though most responses between services set no cookie. The jar then finds no
+cookie header and stores nothing.
 
 :class:`ResponseCookies` is ``httpx.Cookies`` with one change: a response with
 neither ``Set-Cookie`` nor ``Set-Cookie2`` is not handed to the jar, when the jar
