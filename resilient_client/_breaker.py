@@ -71,8 +71,6 @@ BreakerState = Literal["closed", "open", "half_open"]
 # (never after).
 _WINDOW_SLICES = 20
 
-_CLOSED = pybreaker.STATE_CLOSED
-
 _OURS: dict[str, BreakerState] = {
     pybreaker.STATE_CLOSED: "closed",
     pybreaker.STATE_OPEN: "open",
@@ -239,8 +237,8 @@ class CircuitBreaker:
     def admit(self) -> Permit:
         """Admit one call or raise :class:`CircuitOpenError`; never waits, sends nothing."""
         stored = self._storage.state
-        if stored == _CLOSED:
-            return Permit(self._period, False)
+        if stored == pybreaker.STATE_CLOSED:
+            return Permit(self._period, probe=False)
         if stored == pybreaker.STATE_OPEN:
             now = self._clock()
             if now < self._open_until:
@@ -280,7 +278,7 @@ class CircuitBreaker:
             return
         self._storage.reset_counter()
         window = self._window
-        window.add(self._clock(), False)
+        window.add(self._clock(), failed=False)
         # A success can complete minimum_calls with the ratio still over the
         # threshold (never with no failure at all).
         if window.failures:

@@ -33,7 +33,6 @@ from urllib.parse import quote
 import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.instrumentation.httpx import (
     AsyncOpenTelemetryTransport,
     HTTPXClientInstrumentor,
@@ -114,26 +113,6 @@ _BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 # Buckets for seconds, as the HTTP semantic conventions advise for client durations.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
-
-def _otel_context_reader() -> Callable[[], otel_context.Context]:
-    """``opentelemetry.context.get_current``, with the calls between it and its value cut.
-
-    Every call asks for the current context (to pass it on), and the API's
-    function reaches it through two more Python calls. Where the runtime context
-    is the API's own contextvars one (the default; ``OTEL_PYTHON_CONTEXT`` may
-    name another), its variable is read directly; otherwise through the API.
-    """
-    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    variable = getattr(runtime, "_current_context", None)
-    if isinstance(runtime, ContextVarsRuntimeContext) and isinstance(
-        variable, contextvars.ContextVar
-    ):
-        read: Callable[[], otel_context.Context] = variable.get
-        return read
-    return otel_context.get_current
-
-
-_current_otel_context = _otel_context_reader()
 
 # The call whose attempt is running: the attempt span's hook reads it.
 _current_call: contextvars.ContextVar[CallTelemetry | None] = contextvars.ContextVar(
@@ -331,7 +310,7 @@ class Telemetry:
         if not tracing:
             # No span of ours: still pass on the trace context we are in (an
             # incoming one, or a span of the service's own), if any.
-            if _current_otel_context():
+            if otel_context.get_current():
                 propagate.inject(request.headers)
             if not metering:
                 return None

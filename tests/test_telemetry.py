@@ -549,31 +549,3 @@ async def test_with_propagation_off_the_headers_sent_are_httpx_own(upstream: Ups
         await client.get(upstream.url(0), headers={"X-Custom": "1"})
     sent_by_bare, sent_by_ours = _requests(upstream)
     assert sent_by_ours.headers == sent_by_bare.headers
-
-
-def test_the_current_context_is_read_as_the_api_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hot path reads the API's context variable directly, and the API otherwise."""
-    from resilient_client._telemetry import _otel_context_reader
-
-    read = _otel_context_reader()
-    assert read() == otel_context.get_current()
-    span = NonRecordingSpan(
-        SpanContext(trace_id=0x1234, span_id=0x99, is_remote=True, trace_flags=TraceFlags(1))
-    )
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        assert read() is otel_context.get_current()
-        assert trace.get_current_span(read()) is span
-    finally:
-        otel_context.detach(token)
-    assert read() == otel_context.get_current()
-
-    # Another runtime context (OTEL_PYTHON_CONTEXT): through the API's function.
-    class OtherRuntime:
-        def get_current(self) -> otel_context.Context:
-            return otel_context.Context({"other": True})
-
-    monkeypatch.setattr(otel_context, "_RUNTIME_CONTEXT", OtherRuntime())
-    fallback = _otel_context_reader()
-    assert fallback is otel_context.get_current
-    assert fallback() == otel_context.Context({"other": True})
