@@ -65,7 +65,6 @@ class RateLimiter:
         "_paused_until",
         "_policy",
         "_waiting",
-        "unlimited_now",
     )
 
     def __init__(
@@ -82,9 +81,6 @@ class RateLimiter:
         # instead of reading the clock.
         self._paused_until: float | None = None
         self._limiter: AsyncLimiter | None = None
-        # No rate limit and no pause in force: ``acquire()`` would return at once.
-        # An attribute kept in step with the two, not a property: read on every attempt.
-        self.unlimited_now = policy is None
         self._interval = 0.0
         if policy is not None:
             self._interval = policy.period / policy.rate
@@ -93,6 +89,11 @@ class RateLimiter:
         # callers queue for slots now (each ahead of a newcomer takes one interval).
         self._next_free = -math.inf
         self._waiting = 0
+
+    @property
+    def unlimited_now(self) -> bool:
+        """No rate limit and no pause in force: ``acquire()`` would return at once."""
+        return self._limiter is None and self._paused_until is None
 
     async def acquire(self, deadline: float | None) -> None:
         """Wait out any pause, then take a slot of the rate limit.
@@ -119,7 +120,6 @@ class RateLimiter:
             return
         if self._paused_until is None or until > self._paused_until:
             self._paused_until = until
-            self.unlimited_now = False
 
     def health(self) -> dict[str, object]:
         """A JSON-serialisable snapshot of the limit (None: unlimited) and any pause.
@@ -140,7 +140,6 @@ class RateLimiter:
             return 0.0
         if until <= now:
             self._paused_until = None  # over: back to the fast path
-            self.unlimited_now = self._limiter is None
             return 0.0
         return until - now
 

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
 
-from ._alarms import Alarm, AlarmClock, alarm_clock
+from ._alarms import Alarm, alarm_clock
 from ._deadline import deadline_in_force, monotonic
 from ._exceptions import DeadlineExceededError
 from ._settings import TimeoutPolicy
@@ -80,11 +79,6 @@ class TimeoutStrategy:
         # ones on almost every request, so they are worked out once.
         self._last_configured: Mapping[str, float | None] = {}
         self._last_bounds = PhaseBounds(self._last_configured, policy.connect)
-        # The running loop's alarm clock, looked up again only if the loop changes.
-        # Both weakly: a client must not keep a closed loop alive (nor its clock,
-        # whose timer holds the loop).
-        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
-        self._alarms: weakref.ref[AlarmClock] | None = None
 
     def call_deadline(self) -> float | None:
         """The deadline a request to this dependency starting now must meet.
@@ -144,16 +138,6 @@ class TimeoutStrategy:
         timeouts = LiveTimeouts(configured, limit, self._connect, now, bounds=bounds)
         request.extensions = {**extensions, "timeout": timeouts}
         return AttemptGuard(self, timeouts, call_deadline, limit, attempt_bound, now)
-
-    def alarm_clock(self) -> AlarmClock:
-        """The running loop's alarm clock (a clear error where no asyncio loop runs)."""
-        loop = asyncio._get_running_loop()
-        clock = None if self._alarms is None else self._alarms()
-        if clock is None or self._loop is None or self._loop() is not loop:
-            clock = alarm_clock()  # raises where no asyncio loop runs
-            self._alarms = weakref.ref(clock)
-            self._loop = weakref.ref(asyncio.get_running_loop())
-        return clock
 
     def attempt_timed_out(self, request: httpx.Request) -> httpx.TimeoutException:
         return httpx.TimeoutException(
@@ -261,7 +245,7 @@ class AttemptGuard(Watchdog):
             self._cancelling = 0
             return
         # The clock first: where no asyncio loop runs, its error is the clear one.
-        strategy.alarm_clock().set_in(limit + BACKSTOP_GRACE - now, self)
+        alarm_clock().set_in(limit + BACKSTOP_GRACE - now, self)
         self.watch()
 
     def succeeded(self) -> None:

@@ -96,7 +96,7 @@ def test_outside_a_running_loop_the_error_says_asyncio_only() -> None:
 
 
 def test_a_dependency_that_set_alarms_on_a_loop_does_not_keep_it_alive() -> None:
-    """Each dependency remembers the clock of the loop it last ran on, weakly."""
+    """Nothing a dependency keeps from its attempts (a cached clock, say) holds a loop."""
     from resilient_client._settings import TimeoutPolicy
     from resilient_client._timeout import TimeoutStrategy
 
@@ -107,7 +107,7 @@ def test_a_dependency_that_set_alarms_on_a_loop_does_not_keep_it_alive() -> None
         strategy.begin(request, None).succeeded()
 
     loops = []
-    for _ in range(2):  # the second loop's attempt finds the first loop's clock stale
+    for _ in range(2):  # the same dependency on a second loop, as a cache would see it
         loop = asyncio.new_event_loop()
         loop.run_until_complete(attempt())
         loop.close()
