@@ -268,9 +268,6 @@ class Telemetry:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.settings = settings
-        # Read on every call: plain attributes of the frozen settings.
-        self._traces = settings.traces
-        self._metrics = settings.metrics
         self.pipelines = pipelines
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -301,10 +298,10 @@ class Telemetry:
         now = time.monotonic()
         if now >= providers.next_check:
             providers.refresh(now)
-        tracing = self._traces and (
+        tracing = self.settings.traces and (
             providers.tracing if self._tracer_records is None else self._tracer_records
         )
-        metering = self._metrics and (
+        metering = self.settings.metrics and (
             providers.metering if self._meter_records is None else self._meter_records
         )
         if not tracing:

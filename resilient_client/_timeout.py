@@ -137,7 +137,9 @@ class TimeoutStrategy:
             self._last_configured = dict(configured)
         timeouts = LiveTimeouts(configured, limit, self._connect, now, bounds=bounds)
         request.extensions = {**extensions, "timeout": timeouts}
-        return AttemptGuard(self, timeouts, call_deadline, limit, attempt_bound, now)
+        return AttemptGuard(
+            self, timeouts, bounds.by_phase["read"], call_deadline, limit, attempt_bound, now
+        )
 
     def attempt_timed_out(self, request: httpx.Request) -> httpx.TimeoutException:
         return httpx.TimeoutException(
@@ -164,13 +166,14 @@ class Watchdog(Alarm):
 
     __slots__ = ("_cancelling", "_fired", "_task")
 
-    def __init__(self, when: float, now: float) -> None:
+    def __init__(self, when: float | None, now: float) -> None:
         self.cancelled = False  # Alarm's one attribute (its __init__ is a call saved)
         self._task: asyncio.Task[Any] | None = None
         self._cancelling = 0
         self._fired = False
-        # Deadlines are on time.monotonic(); the loop's clock may have another origin.
-        alarm_clock().set_in(when - now, self)
+        if when is not None:  # None: never rings
+            # Deadlines are on time.monotonic(); the loop's clock may have another origin.
+            alarm_clock().set_in(when - now, self)
 
     def ring(self) -> None:
         self._fired = True
@@ -225,28 +228,22 @@ class AttemptGuard(Watchdog):
         self,
         strategy: TimeoutStrategy,
         timeouts: LiveTimeouts,
+        read_bound: float,
         call_deadline: float | None,
         limit: float | None,
         attempt_bound: bool,
         now: float,
     ) -> None:
-        # Watchdog's attributes, set here rather than through its __init__ (a call
-        # saved on every attempt), and the task watched at once.
-        self.cancelled = False
-        self._fired = False
+        # The clock first: where no asyncio loop runs, its error is the clear one.
+        super().__init__(None if limit is None else limit + BACKSTOP_GRACE, now)
         self._strategy = strategy
         self._timeouts: LiveTimeouts | None = timeouts
         # Each body read's own bound apart from the deadline (inf: none).
-        self.read_bound = timeouts.read_bound
+        self.read_bound = read_bound
         self._call_deadline = call_deadline
         self._attempt_bound = attempt_bound
-        if limit is None:
-            self._task = None
-            self._cancelling = 0
-            return
-        # The clock first: where no asyncio loop runs, its error is the clear one.
-        alarm_clock().set_in(limit + BACKSTOP_GRACE - now, self)
-        self.watch()
+        if limit is not None:
+            self.watch()
 
     def succeeded(self) -> None:
         """The transport returned a response: disarm the backstop."""
@@ -311,7 +308,7 @@ class LiveTimeouts(dict[str, float | None]):
     of the attempt, for transports that copy it instead.
     """
 
-    __slots__ = ("_bounds", "configured", "limit", "read_bound")
+    __slots__ = ("_bounds", "configured", "limit")
 
     def __init__(
         self,
@@ -330,8 +327,6 @@ class LiveTimeouts(dict[str, float | None]):
         if bounds is None:
             bounds = PhaseBounds(configured, connect_cap)
         self._bounds = bounds.by_phase
-        # Each read's own bound apart from the deadline (inf: none).
-        self.read_bound = bounds.by_phase["read"]
         if limit is None or limit - now >= bounds.longest:
             dict.update(self, bounds.values)  # the deadline bounds no phase yet
         else:
