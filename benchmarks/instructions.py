@@ -75,7 +75,7 @@ import httpx
 
 import resilient_client as rc
 from resilient_client._cookies import ResponseCookies
-from resilient_client._upstream import UpstreamProcess
+from resilient_client.testing._upstream import UpstreamProcess
 
 KINDS = (
     "bare",

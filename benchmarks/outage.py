@@ -32,7 +32,7 @@ import httpx
 import tenacity
 
 import resilient_client as rc
-from resilient_client._upstream import STATS_PATH, UpstreamProcess
+from resilient_client.testing._upstream import STATS_PATH, UpstreamProcess
 
 Call = Callable[[], Coroutine[Any, Any, object]]
 

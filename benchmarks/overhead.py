@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 import resilient_client as rc
-from resilient_client._upstream import UpstreamProcess
+from resilient_client.testing._upstream import UpstreamProcess
 
 BARE, RESILIENT = "bare httpx", "resilient_client"
 

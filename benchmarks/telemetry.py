@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from overhead import measure_segment  # the same segment, so the two measure alike
 
 import resilient_client as rc
-from resilient_client._upstream import UpstreamProcess
+from resilient_client.testing._upstream import UpstreamProcess
 
 UNTRACED, NOOP, SDK = "untraced", "no-op API", "SDK"
 

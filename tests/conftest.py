@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from resilient_client._upstream import Upstream, UpstreamProcess, UpstreamThread
+from resilient_client.testing._upstream import Upstream, UpstreamProcess, UpstreamThread
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ import resilient_client as rc
 from resilient_client._asgi import HealthEndpoint, Message, ResilienceMiddleware, Scope
 from resilient_client._correlation import current_request_id
 from resilient_client._deadline import monotonic
-from resilient_client._upstream import Upstream
+from resilient_client.testing._upstream import Upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_resilience_env")]
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from resilient_client._bench import NOT_SENT, OK, CallLog, amplification_between, recovery_time
-from resilient_client._cli import build_parser, main
+from resilient_client.bench._cli import build_parser, main
+from resilient_client.bench._clients import client_specs
+from resilient_client.bench._figures import amplification_between, recovery_time
+from resilient_client.bench._load import NOT_SENT, OK, UNFINISHED, CallLog
+from resilient_client.bench._runner import run_scenario
+from resilient_client.bench._scenarios import BenchOptions, Scenario, Stream
+from resilient_client.bench._stats import latency_summary, percentile
+from resilient_client.testing._profiles import Profile
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -260,3 +267,48 @@ def test_amplification_counts_calls_and_requests_over_the_same_span() -> None:
     figures = amplification_between(log, received, bucket=0.1, start=0.375, end=0.825)
     assert figures["per_call"] == 1.0
     assert figures["calls"] == figures["upstream_requests"]
+
+
+def test_percentiles_are_nearest_rank_and_summaries_in_ms() -> None:
+    assert percentile([], 0.5) is None
+    ordered = [ms / 1000 for ms in range(1, 101)]
+    assert percentile(ordered, 0.0) == pytest.approx(0.001)
+    assert percentile(ordered, 0.5) == pytest.approx(0.050)
+    assert percentile(ordered, 0.99) == pytest.approx(0.099)
+    assert percentile(ordered, 1.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="fraction"):
+        percentile(ordered, 99)
+    summary = latency_summary(reversed(ordered))
+    assert summary == {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 100.0, "max": 100.0}
+    assert json.loads(json.dumps(summary)) == summary
+
+
+def _one_host(profile: Profile, stream: Stream) -> Scenario:
+    return Scenario(
+        "tiny", "one host", 30.0, lambda duration: {"host": profile}, (stream,), focus="host"
+    )
+
+
+@pytest.mark.anyio
+async def test_calls_that_outlive_the_grace_are_cut_short_and_counted_unfinished() -> None:
+    # Every request hangs: only the run's time limit ends the calls.
+    scenario = _one_host(Profile(name="host", hang_ratio=1.0), Stream("host", rate=20, workers=2))
+    options = BenchOptions(duration=0.3, grace=0.3)
+    start = time.monotonic()
+    result = await run_scenario(scenario, client_specs(["defaults"]), options)
+    assert time.monotonic() - start < 10.0
+    (run,) = result.runs
+    assert run.cut_short
+    assert set(run.logs["host"].outcomes) == {UNFINISHED}
+
+
+@pytest.mark.anyio
+async def test_a_run_stops_at_its_call_budget() -> None:
+    scenario = _one_host(Profile(name="host"), Stream("host", rate=20, workers=3))
+    options = BenchOptions(load="closed", duration=30.0, max_calls=7)
+    start = time.monotonic()
+    result = await run_scenario(scenario, client_specs(["httpx"]), options)
+    assert time.monotonic() - start < 10.0
+    (run,) = result.runs
+    assert run.logs["host"].outcomes == [OK] * 7
+    assert run.received["host"]["outcomes"] == {"ok": 7}

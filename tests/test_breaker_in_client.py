@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import resilient_client as rc
-from resilient_client._upstream import Upstream
+from resilient_client.testing._upstream import Upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_resilience_env")]
 

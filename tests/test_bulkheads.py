@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import resilient_client as rc
 from resilient_client._bulkhead import Bulkhead
-from resilient_client._upstream import Upstream
+from resilient_client.testing._upstream import Upstream
 
 from ._helpers import busy_connections, percentile, pipeline_of
 

@@ -1,4 +1,4 @@
-"""The ``resilient-client`` command line, and the demo's reusable pieces."""
+"""The ``resilient-client`` command line, and ``demo``, the bench's slow-dependency scenario."""
 
 from __future__ import annotations
 
@@ -6,23 +6,14 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 import resilient_client as rc
-from resilient_client._cli import main
-from resilient_client._demo import (
-    OK,
-    UNFINISHED,
-    LatencyRecorder,
-    RunResult,
-    SlowDependencyScenario,
-    run_scenario,
-)
-from resilient_client._upstream import Upstream, UpstreamProcess
+from resilient_client.bench._cli import main
+from resilient_client.testing._upstream import UpstreamProcess
 
 # Generous: a bare interpreter start imports httpx and pydantic, and the machine is shared.
 SUBPROCESS_TIMEOUT = 60
@@ -43,17 +34,13 @@ def test_help_explains_the_tool_and_lists_its_commands(capsys: pytest.CaptureFix
     assert "python -m resilient_client" in out
 
 
-def test_demo_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_help_says_it_is_the_bench_slow_dependency_scenario(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     out = _help_of(["demo", "--help"], capsys)
     assert out.startswith("usage: resilient-client demo ")
-    for option in (
-        "--slow-callers",
-        "--healthy-callers",
-        "--duration",
-        "--slow-delay",
-        "--max-healthy-requests",
-        "--json",
-    ):
+    assert "bench --scenario slow-dependency --clients httpx,defaults" in out
+    for option in ("--duration", "--rate", "--settings", "--out", "--no-plots", "--strict"):
         assert option in out.split("options:")[1], option
 
 
@@ -71,13 +58,12 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--slow-callers", "-1"],
-        ["--slow-callers", "many"],
-        ["--healthy-callers", "0"],
         ["--duration", "0"],
         ["--duration", "nan"],
-        ["--slow-delay", "1000"],
-        ["--max-healthy-requests", "0"],
+        ["--rate", "-5"],
+        ["--clients", "httpx,curl"],
+        ["--workers", "0"],
+        ["--grace", "1000"],
     ],
 )
 def test_demo_rejects_bad_values_before_running(
@@ -89,14 +75,27 @@ def test_demo_rejects_bad_values_before_running(
     assert f"argument {argv[0]}" in capsys.readouterr().err
 
 
-def test_demo_rejects_a_json_path_it_could_not_write(
+def test_the_old_demo_options_are_a_usage_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--slow-callers", "30"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --slow-callers 30" in err
+    assert "Traceback" not in err
+
+
+def test_demo_rejects_an_output_directory_it_could_not_write(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for path in (tmp_path, tmp_path / "missing" / "demo.json"):
+    a_file = tmp_path / "bench.json"
+    a_file.write_text("{}")
+    for path in (a_file, tmp_path / "missing" / "out"):
         with pytest.raises(SystemExit) as exited:
-            main(["demo", "--json", str(path)])
+            main(["demo", "--out", str(path)])
         assert exited.value.code == 2
-        assert "argument --json" in capsys.readouterr().err
+        assert "argument --out" in capsys.readouterr().err
 
 
 def _installed_script() -> list[str]:
@@ -125,100 +124,32 @@ def test_the_command_line_runs_as_its_own_process(
 def test_a_quick_demo_runs_both_clients_and_writes_its_figures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    figures = tmp_path / "demo.json"
-    code = main(
-        [
-            "demo",
-            "--slow-callers",
-            "30",
-            "--healthy-callers",
-            "3",
-            "--duration",
-            "0.5",
-            "--slow-delay",
-            "0.5",
-            "--json",
-            str(figures),
-        ]
-    )
-    assert code == 0
+    argv = ["demo", "--duration", "0.5", "--rate", "40", "--grace", "4", "--no-plots"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "httpx.AsyncClient" in out
-    assert "resilient_client.AsyncClient" in out
-    assert "p99 latency (ms)" in out
+    assert "bare httpx" in out
+    assert "resilient (defaults)" in out
+    assert "p99 ms" in out
 
-    report = json.loads(figures.read_text(encoding="utf-8"))
-    assert report["timed_out"] is False
-    assert report["scenario"]["slow_callers"] == 30
-    runs = report["runs"]
-    assert list(runs) == ["httpx.AsyncClient", "resilient_client.AsyncClient"]
-    for run in runs.values():
-        healthy, slow = run["healthy"], run["slow"]
-        assert healthy["requests"] > 0
-        assert healthy["requests"] == healthy["ok"] + sum(healthy["errors"].values())
+    report = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    assert report["options"]["scenarios"] == ["slow-dependency"]
+    assert list(report["clients"]) == ["httpx", "defaults"]
+    scenario = report["scenarios"]["slow-dependency"]
+    for key, result in scenario["results"].items():
+        assert not result["cut_short"], key
+        healthy, slow = result["hosts"]["healthy"], result["hosts"]["slow"]
+        assert healthy["calls"] > 0
+        assert healthy["calls"] == healthy["ok"] + sum(healthy["errors"].values())
         latency = healthy["latency_ms"]
         assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
-        # Every slow caller is accounted for, one outcome each.
-        assert slow["requests"] == 30
-        assert slow["ok"] + slow["bulkhead_full"] + sum(slow["other_errors"].values()) == 30
-        # The slow host answers after 0.5 s, so no successful slow call can be faster.
+        # Every slow call is accounted for, one outcome each; none can beat the host's 2 s.
+        assert slow["calls"] == slow["ok"] + sum(slow["errors"].values())
         if slow["ok"]:
-            assert slow["latency_ms"]["max"] >= 500
-    resilient = runs["resilient_client.AsyncClient"]
-    assert resilient["healthy"]["errors"] == {}
-    # 30 callers fit in the default bulkhead (50 in flight): none is turned away.
-    assert resilient["slow"]["bulkhead_full"] == 0
-
-
-def test_latency_recorder_percentiles_and_outcomes() -> None:
-    recorder = LatencyRecorder()
-    assert recorder.percentile(0.5) is None
-    for ms in range(100, 0, -1):
-        recorder.record(ms / 1000)
-    recorder.record(2.0, "PoolTimeout")
-    recorder.record(3.0, "PoolTimeout")
-    recorder.record(0.5, "HTTP 503")
-
-    assert recorder.count == 103
-    assert recorder.ok == 100
-    assert recorder.errors == {"PoolTimeout": 2, "HTTP 503": 1}
-    assert recorder.percentile(0.0) == pytest.approx(0.001)
-    assert recorder.percentile(0.5) == pytest.approx(0.052)
-    assert recorder.percentile(1.0) == 3.0
-    summary = recorder.summary()
-    assert summary["latency_ms"]["max"] == 3000.0
-    assert json.loads(json.dumps(summary)) == summary
-    with pytest.raises(ValueError, match="fraction"):
-        recorder.percentile(99)
-
-
-@pytest.mark.anyio
-async def test_a_run_that_outlives_its_time_limit_is_cut_short(upstream: Upstream) -> None:
-    scenario = SlowDependencyScenario(
-        slow_callers=5, healthy_callers=2, duration=30.0, head_start=0.05, time_limit=0.5
-    )
-    result = RunResult(client="resilient_client.AsyncClient")
-    start = time.monotonic()
-    async with rc.AsyncClient() as client:
-        # hang=1: the slow host never answers, so only the time limit ends these calls.
-        await run_scenario(client, upstream.url(0, "/?hang=1"), upstream.url(1), scenario, result)
-    assert time.monotonic() - start < 3.0
-    assert result.timed_out
-    assert result.slow.outcomes == {UNFINISHED: 5}
-    assert result.healthy.ok > 0
-
-
-@pytest.mark.anyio
-async def test_the_healthy_callers_stop_at_the_request_cap(upstream: Upstream) -> None:
-    scenario = SlowDependencyScenario(
-        slow_callers=0, healthy_callers=3, duration=30.0, head_start=0.0, max_healthy_requests=7
-    )
-    result = RunResult(client="resilient_client.AsyncClient")
-    async with rc.AsyncClient() as client:
-        await run_scenario(client, upstream.url(0), upstream.url(1), scenario, result)
-    assert not result.timed_out
-    assert result.healthy.outcomes == {OK: 7}
-    assert result.elapsed < 5.0
+            assert slow["latency_ms"]["max"] >= 2000
+    # 40 slow calls/s for 0.5 s fit in the default bulkhead (50 in flight): none is turned away.
+    resilient = scenario["headline"]["defaults"]
+    assert resilient["errors"] == 0
+    assert resilient["slow_failed_fast"] == 0
 
 
 @pytest.mark.anyio

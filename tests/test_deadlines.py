@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import resilient_client as rc
 from resilient_client._deadline import current_deadline
 from resilient_client._timeout import LiveTimeouts
-from resilient_client._upstream import Upstream
+from resilient_client.testing._upstream import Upstream
 
 pytestmark = pytest.mark.anyio
 

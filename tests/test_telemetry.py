@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 import resilient_client as rc
-from resilient_client._upstream import RecordedRequest, Upstream
+from resilient_client.testing._upstream import RecordedRequest, Upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_resilience_env")]
 

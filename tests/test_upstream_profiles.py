@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from resilient_client._profiles import (
+from resilient_client.testing._profiles import (
     Degradation,
     Latency,
     Outage,
@@ -20,7 +20,7 @@ from resilient_client._profiles import (
     profiles_from_json,
     profiles_to_json,
 )
-from resilient_client._upstream import UpstreamProcess, UpstreamThread
+from resilient_client.testing._upstream import UpstreamProcess, UpstreamThread
 
 pytestmark = pytest.mark.anyio
 

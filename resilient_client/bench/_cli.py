@@ -1,11 +1,13 @@
 """The ``resilient-client`` command line (also ``python -m resilient_client``).
 
-One subcommand per tool. Each has two functions here: ``_add_<name>`` declares
-its parser and binds its runner with ``set_defaults(run=...)``, and
-``_run_<name>`` takes the parsed arguments and returns the exit code. A new
-command is one more pair and one more entry in ``_COMMANDS``; what a command
-does lives in a module of its own (``_demo.py``; ``_bench.py``, ``_report.py``
-and ``_plots.py``), imported only when it runs.
+Two commands: ``bench`` runs load scenarios against a fault-injecting upstream
+and ``demo`` is a short name for one of them (the slow-dependency scenario,
+bare httpx against the library's defaults). ``_add_<name>`` declares a
+command's parser and binds its runner with ``set_defaults(run=...)``; the
+runner takes the parsed arguments and returns the exit code. The bench's work
+is done by its own modules (:mod:`._runner`, :mod:`._report`, :mod:`._plots`);
+rich and matplotlib are imported only when a command runs, so ``--help`` works
+without the ``bench`` extra.
 """
 
 from __future__ import annotations
@@ -15,24 +17,27 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import __version__
+from .. import ResilienceSettings, SettingsError, __version__
+from .._settings import load_settings
+from ._clients import CLIENTS, ClientSpec, client_specs
+from ._report import build_report, options_of, print_summary, report_json
+from ._runner import ScenarioResult, run_bench
+from ._scenarios import SCENARIOS, TOUR, BenchOptions, Scenario
 
 __all__ = ["build_parser", "main"]
 
 PROG = "resilient-client"
 
 Runner = Callable[[argparse.Namespace], int]
+Plan = list[tuple[Scenario, BenchOptions]]
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
-
-    from ._bench import BenchOptions, ClientSpec, Scenario
-    from ._settings import ResilienceSettings
 
     # Generic only in the type stubs; subscripting it at run time fails.
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -77,145 +82,8 @@ def _seconds_up_to(high: float) -> Callable[[str], float]:
     return parse
 
 
-def _output_file(text: str) -> Path:
-    # Checked before the demo runs, so a typo does not cost a whole run.
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} does not exist")
-    return path
+# -- bench and demo -------------------------------------------------------------------------------
 
-
-# -- demo -----------------------------------------------------------------------------------------
-
-_DEMO_DESCRIPTION = """\
-Show what one slow dependency does to a healthy one, with bare httpx and with resilient_client.
-
-Starts a local upstream (a child process on 127.0.0.1) with a slow host and a healthy host, then
-runs the same scenario twice, once with httpx.AsyncClient() and once with
-resilient_client.AsyncClient(), both with their defaults:
-
-  1. --slow-callers callers each send one request to the slow host, which answers after
-     --slow-delay seconds;
-  2. a quarter of a second later, --healthy-callers callers send requests to the healthy host,
-     one after another with --think-time between, for --duration seconds (and
-     --max-healthy-requests in all at most).
-
-Prints a side-by-side table: for the healthy host, requests, errors by type and p50/p99/max
-latency; for the slow host, how many calls succeeded, failed fast with BulkheadFullError or
-failed otherwise. Every run is bounded by a time limit, so the demo always ends."""
-
-_DEMO_EPILOG = f"""\
-examples:
-  {PROG} demo
-  {PROG} demo --slow-callers 500 --duration 5 --json demo.json
-
-exit status: 0 when both runs completed, 1 when one hit its time limit or failed, 2 for a bad
-command line."""
-
-
-def _add_demo(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="a slow dependency starving a healthy one: httpx vs resilient_client, side by side",
-        description=_DEMO_DESCRIPTION,
-        epilog=_DEMO_EPILOG,
-        formatter_class=_formatter,
-    )
-    parser.add_argument(
-        "--slow-callers",
-        type=_int_in(0, 5000),
-        default=200,
-        metavar="N",
-        help="callers that each send one request to the slow host, 0-5000 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--healthy-callers",
-        type=_int_in(1, 500),
-        default=10,
-        metavar="N",
-        help="callers looping on the healthy host, 1-500 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=_seconds_up_to(60),
-        default=3.0,
-        metavar="SECONDS",
-        help="how long the healthy callers keep sending, at most 60 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--think-time",
-        type=_seconds_up_to(10),
-        default=0.02,
-        metavar="SECONDS",
-        help="pause between one healthy caller's requests, at most 10 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--slow-delay",
-        type=_seconds_up_to(30),
-        default=2.0,
-        metavar="SECONDS",
-        help="how long the slow host takes to answer, at most 30 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-healthy-requests",
-        type=_int_in(1, 1_000_000),
-        default=50_000,
-        metavar="N",
-        help="stop the healthy callers after this many requests in all, even before "
-        "--duration is up (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--json",
-        type=_output_file,
-        metavar="PATH",
-        help="also write every figure (per client, per host, errors by type) to PATH as JSON",
-    )
-    parser.set_defaults(run=_run_demo)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from ._demo import SlowDependencyScenario, format_report, report_json, run_demo
-
-    scenario = SlowDependencyScenario(
-        slow_callers=args.slow_callers,
-        healthy_callers=args.healthy_callers,
-        duration=args.duration,
-        slow_delay=args.slow_delay,
-        think_time=args.think_time,
-        max_healthy_requests=args.max_healthy_requests,
-    )
-    started = time.perf_counter()
-    try:
-        report = asyncio.run(run_demo(scenario, progress=_progress))
-    except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
-        # Starting the upstream or closing a client failed: nothing to report but the cause.
-        return _fail("demo", f"{type(exc).__name__}: {exc}")
-    print(format_report(report))
-    _progress(f"done in {time.perf_counter() - started:.1f} s")
-    if args.json is not None:
-        try:
-            args.json.write_text(report_json(report), encoding="utf-8")
-        except OSError as exc:
-            return _fail("demo", f"cannot write {str(args.json)!r}: {exc}")
-        _progress(f"figures written to {args.json}")
-    return EXIT_FAILED if report.timed_out else 0
-
-
-# -- bench ----------------------------------------------------------------------------------------
-
-# Kept here rather than imported, so that '--help' needs neither the engine nor its extras.
-_SCENARIO_NAMES = (
-    "healthy",
-    "slow-dependency",
-    "outage",
-    "flapping",
-    "throttled",
-    "degrading",
-    "payments",
-)
-_CLIENT_NAMES = ("httpx", "hand-written", "defaults", "settings")
 _BENCH_EXTRA = "pip install 'resilient-client[bench]'"
 
 _BENCH_DESCRIPTION = f"""\
@@ -258,24 +126,42 @@ run is marked cut short), 1 when it could not run (invalid settings, the upstrea
 start, missing extras) or --strict and a run was cut short, 2 for a bad command line."""
 
 
+_DEMO = dict(TOUR)["slow-dependency"]
+_DEMO_DESCRIPTION = f"""\
+Show what one slow dependency does to a healthy one: the bench's slow-dependency scenario,
+shortened to {_DEMO:g} s, bare httpx against resilient_client's defaults. The same as
+
+  {PROG} bench --scenario slow-dependency --clients httpx,defaults --duration {_DEMO:g} --grace 5
+
+and it takes the bench's options (see '{PROG} bench --help'). A host answering after 2 s
+takes every connection of httpx's one shared pool, so the healthy host's calls queue behind it;
+resilient_client gives each host a pool and a bulkhead of its own. Needs the 'bench' extra:
+{_BENCH_EXTRA}."""
+
+_DEMO_EPILOG = f"""\
+examples:
+  {PROG} demo
+  {PROG} demo --duration 10 --out demo-results/ --no-plots"""
+
+
 def _scenario_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if names in (["all"], ["tour"]):
         return names
-    unknown = [name for name in names if name not in _SCENARIO_NAMES]
+    unknown = [name for name in names if name not in SCENARIOS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: choose 'all', 'tour' or scenarios from {', '.join(_SCENARIO_NAMES)}"
+            f"{text!r}: choose 'all', 'tour' or scenarios from {', '.join(SCENARIOS)}"
         )
     return names
 
 
 def _client_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in _CLIENT_NAMES]
+    unknown = [name for name in names if name not in CLIENTS]
     if unknown or not names or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: a comma-separated list of distinct clients from {', '.join(_CLIENT_NAMES)}"
+            f"{text!r}: a comma-separated list of distinct clients from {', '.join(CLIENTS)}"
         )
     return names
 
@@ -317,6 +203,28 @@ def _add_bench(subparsers: Subparsers) -> None:
         help="'all', 'tour' (the default: a short tour of three) or one or more scenario names, "
         "comma-separated",
     )
+    _add_client_options(parser)
+    _add_load_options(parser, duration="each scenario's own, 10-30 s; the tour's, 3-8 s")
+    _add_output_options(parser)
+    parser.set_defaults(run=_run_bench, command="bench")
+
+
+def _add_demo(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="a slow dependency starving a healthy one: httpx vs resilient_client, side by "
+        "side (the bench's slow-dependency scenario, short)",
+        description=_DEMO_DESCRIPTION,
+        epilog=_DEMO_EPILOG,
+        formatter_class=_formatter,
+    )
+    _add_client_options(parser)
+    _add_load_options(parser, duration=f"{_DEMO:g}")
+    _add_output_options(parser)
+    parser.set_defaults(run=_run_bench, command="demo", scenario=None)
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings",
         type=Path,
@@ -334,9 +242,12 @@ def _add_bench(subparsers: Subparsers) -> None:
         type=_client_list,
         metavar="LIST",
         help="the clients to compare, comma-separated, from "
-        f"{', '.join(_CLIENT_NAMES)} (default: httpx,hand-written,defaults and settings "
+        f"{', '.join(CLIENTS)} (default: httpx,hand-written,defaults and settings "
         "with --settings; the tour leaves out hand-written)",
     )
+
+
+def _add_load_options(parser: argparse.ArgumentParser, *, duration: str) -> None:
     parser.add_argument(
         "--load",
         choices=("open", "closed"),
@@ -350,7 +261,7 @@ def _add_bench(subparsers: Subparsers) -> None:
         type=_seconds_up_to(600),
         metavar="SECONDS",
         help="load time of each scenario per client, at most 600; outage and degradation times "
-        "scale with it (default: each scenario's own, 10-20 s)",
+        f"scale with it (default: {duration})",
     )
     parser.add_argument(
         "--rate",
@@ -389,6 +300,9 @@ def _add_bench(subparsers: Subparsers) -> None:
         help="at most this many calls per client and scenario, whatever the rate and duration "
         "(default: %(default)s)",
     )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=_out_dir,
@@ -406,7 +320,6 @@ def _add_bench(subparsers: Subparsers) -> None:
         action="store_true",
         help="write bench.json only, no PNG plots",
     )
-    parser.set_defaults(run=_run_bench)
 
 
 def _bench_extras() -> str | None:
@@ -422,8 +335,6 @@ def _bench_extras() -> str | None:
 
 def _bench_settings(args: argparse.Namespace) -> ResilienceSettings | None:
     """The settings the 'settings' client runs with; SettingsError/ValueError when unusable."""
-    from ._settings import ResilienceSettings, load_settings
-
     if args.settings is None:
         if args.dependency is not None:
             raise ValueError("--dependency needs --settings FILE")
@@ -443,45 +354,41 @@ def _bench_settings(args: argparse.Namespace) -> ResilienceSettings | None:
     return ResilienceSettings.from_mapping({"default": policy.model_dump()})
 
 
-def _bench_plan(
-    args: argparse.Namespace,
-) -> tuple[list[tuple[Scenario, BenchOptions]], list[str]]:
-    from ._bench import SCENARIOS, TOUR, BenchOptions
+def _options(args: argparse.Namespace, **changes: float) -> BenchOptions:
+    values = {
+        "load": args.load,
+        "duration": args.duration,
+        "rate": args.rate,
+        "workers": args.workers,
+        "seed": args.seed,
+        "grace": args.grace,
+        "max_calls": args.max_calls,
+    }
+    return BenchOptions(**{**values, **changes})
 
-    options = BenchOptions(
-        load=args.load,
-        duration=args.duration,
-        rate=args.rate,
-        workers=args.workers,
-        seed=args.seed,
-        grace=args.grace,
-        max_calls=args.max_calls,
-    )
-    tour = args.scenario in (None, ["tour"])
-    if tour:
+
+def _bench_plan(args: argparse.Namespace) -> tuple[Plan, list[str]]:
+    """The scenarios to run with their options, and the keys of the clients to compare."""
+    if args.command == "demo":
+        short: Sequence[tuple[str, float]] | None = [("slow-dependency", _DEMO)]
+    else:
+        short = TOUR if args.scenario in (None, ["tour"]) else None
+    if short is None:
+        names = list(SCENARIOS) if args.scenario == ["all"] else args.scenario
+        plan = [(SCENARIOS[name], _options(args)) for name in names]
+    else:
         # Short runs and a short grace: the whole tour stays under a minute.
         plan = [
             (
                 SCENARIOS[name],
-                BenchOptions(
-                    load=options.load,
-                    duration=args.duration or seconds,
-                    rate=args.rate,
-                    workers=args.workers,
-                    seed=args.seed,
-                    grace=min(args.grace, 5.0),
-                    max_calls=args.max_calls,
-                ),
+                _options(args, duration=args.duration or seconds, grace=min(args.grace, 5.0)),
             )
-            for name, seconds in TOUR
+            for name, seconds in short
         ]
-    else:
-        names = list(SCENARIOS) if args.scenario == ["all"] else args.scenario
-        plan = [(SCENARIOS[name], options) for name in names]
     if args.clients is not None:
         clients = list(args.clients)
     else:
-        clients = ["httpx", "defaults"] if tour else ["httpx", "hand-written", "defaults"]
+        clients = ["httpx", "defaults"] if short else ["httpx", "hand-written", "defaults"]
         if args.settings is not None:
             clients.append("settings")
     return plan, clients
@@ -527,82 +434,84 @@ def _library_logs_quiet() -> Iterator[None]:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    command = args.command
     missing = _bench_extras()
     if missing is not None:
-        return _fail("bench", f"needs {missing}, which it could not import: {_BENCH_EXTRA}")
-    from ._exceptions import SettingsError
-
+        return _fail(command, f"needs {missing}, which it could not import: {_BENCH_EXTRA}")
     try:
         settings = _bench_settings(args)
     except (SettingsError, ValueError) as exc:
-        return _fail("bench", str(exc))
+        return _fail(command, str(exc))
     plan, clients = _bench_plan(args)
     if "settings" in clients and settings is None:
-        return _fail("bench", "the 'settings' client needs --settings FILE")
+        return _fail(command, "the 'settings' client needs --settings FILE")
 
     from rich.console import Console
 
-    from ._bench import client_specs
-    from ._report import build_report, options_of, print_summary, report_json
-
     specs = client_specs(clients, settings)
-    console, errors = Console(), Console(stderr=True)
     started = time.perf_counter()
     try:
         with _library_logs_quiet():
-            results = asyncio.run(_bench_with_progress(plan, specs, errors))
+            results = asyncio.run(_bench_with_progress(plan, specs, Console(stderr=True)))
     except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
         # Starting the upstream or closing a client failed: nothing to report but the cause.
-        return _fail("bench", f"{type(exc).__name__}: {exc}")
-    first = plan[0][1]
+        return _fail(command, f"{type(exc).__name__}: {exc}")
     report = build_report(
         results,
         specs,
         options_of(
-            first,
+            plan[0][1],
             scenarios=[scenario.name for scenario, _ in plan],
-            tour=args.scenario in (None, ["tour"]),
+            tour=command == "bench" and args.scenario in (None, ["tour"]),
             clients=clients,
             settings_file=None if args.settings is None else str(args.settings),
             dependency=args.dependency,
         ),
     )
-    print_summary(report, console)
+    print_summary(report, Console())
     try:
-        args.out.mkdir(exist_ok=True)
-        figures = args.out / "bench.json"
-        figures.write_text(report_json(report), encoding="utf-8")
-        written = [figures]
-        if not args.no_plots:
-            from ._plots import plot_report
-
-            written += plot_report(report, args.out)
+        written = _write(report, args.out, plots=not args.no_plots)
     except OSError as exc:
-        return _fail("bench", f"cannot write to {str(args.out)!r}: {exc}")
+        return _fail(command, f"cannot write to {str(args.out)!r}: {exc}")
     _progress(f"done in {time.perf_counter() - started:.1f} s; wrote {len(written)} files")
-    _progress(f"figures: {figures}; plots: {args.out}/<scenario>-<plot>.png")
+    _progress(f"figures: {written[0]}; plots: {args.out}/<scenario>-<plot>.png")
+    return _cut_short(results, strict=args.strict)
+
+
+def _write(report: dict[str, object], out: Path, *, plots: bool) -> list[Path]:
+    """bench.json (first) and, with ``plots``, the PNG plots in ``out``: the files written."""
+    out.mkdir(exist_ok=True)
+    figures = out / "bench.json"
+    figures.write_text(report_json(report), encoding="utf-8")
+    written = [figures]
+    if plots:
+        from ._plots import plot_report
+
+        written += plot_report(report, out)
+    return written
+
+
+def _cut_short(results: Sequence[ScenarioResult], *, strict: bool) -> int:
+    """Say which runs were cut short at their time limit; the exit code."""
     cut_short = [
         f"{result.scenario.name}/{run.spec.key}"
         for result in results
         for run in result.runs
         if run.cut_short
     ]
-    if cut_short:
-        _progress(
-            f"note: calls outlived the time limit in {', '.join(cut_short)}; they are counted "
-            "as unfinished"
-        )
-        if args.strict:
-            return EXIT_FAILED
-    return 0
+    if not cut_short:
+        return 0
+    _progress(
+        f"note: calls outlived the time limit in {', '.join(cut_short)}; they are counted "
+        "as unfinished"
+    )
+    return EXIT_FAILED if strict else 0
 
 
 async def _bench_with_progress(
-    plan: list[tuple[Scenario, BenchOptions]], specs: list[ClientSpec], console: Console
-) -> list[Any]:
+    plan: Plan, specs: Sequence[ClientSpec], console: Console
+) -> list[ScenarioResult]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ._bench import run_scenario
 
     columns = (
         TextColumn("{task.description:<48}"),
@@ -610,12 +519,8 @@ async def _bench_with_progress(
         TextColumn("{task.completed:>5.1f}/{task.total:g} s"),
         TimeElapsedColumn(),
     )
-    results = []
     with Progress(*columns, console=console, transient=False) as bar:
-        events = _RichProgress(bar)
-        for scenario, options in plan:
-            results.append(await run_scenario(scenario, specs, options, events))
-    return results
+        return await run_bench(plan, specs, _RichProgress(bar))
 
 
 # -- shared plumbing -------------------------------------------------------------------------------
@@ -671,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run: Runner | None = getattr(args, "run", None)
     if run is None:
-        parser.error(f"give a command, e.g. '{PROG} demo' (see '{PROG} --help')")
+        parser.error(f"give a command, e.g. '{PROG} bench' (see '{PROG} --help')")
     try:
         return run(args)
     except KeyboardInterrupt:

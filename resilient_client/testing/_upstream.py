@@ -1,4 +1,4 @@
-"""A small fault-injecting HTTP/1.1 upstream on 127.0.0.1, for the demo, benchmarks and tests.
+"""A small fault-injecting HTTP/1.1 upstream on 127.0.0.1, for tests, benchmarks and the bench.
 
 Each request says how it should be answered, in its query string, so one
 server can play a healthy host, a slow one and a broken one at once:
@@ -40,7 +40,7 @@ Run it in a thread of this process (:class:`UpstreamThread`) for functional
 tests, or as its own process (:class:`UpstreamProcess`) wherever latency or CPU
 is measured: a server thread shares the client's GIL, and every hand-over
 between the two can cost a GIL switch interval (5 ms). As a process,
-``python -m resilient_client._upstream --ports 2`` prints one JSON line with the
+``python -m resilient_client.testing._upstream --ports 2`` prints one JSON line with the
 ports, then serves until its stdin closes (``--profiles JSON`` instead of
 ``--ports``: one port per profile, or per ``null`` for a query-string port).
 """
@@ -386,7 +386,7 @@ class UpstreamThread:
 
 
 class UpstreamProcess:
-    """``python -m resilient_client._upstream`` in a process of its own, on 127.0.0.1.
+    """``python -m resilient_client.testing._upstream`` in a process of its own, on 127.0.0.1.
 
     A process rather than a thread, so that the server never competes with the
     client under test for the same interpreter lock. Use as ``async with``: it is
@@ -448,7 +448,7 @@ class UpstreamProcess:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "resilient_client._upstream",
+            "resilient_client.testing._upstream",
             *layout,
             "--seed",
             str(self._seed),
@@ -456,7 +456,7 @@ class UpstreamProcess:
             repr(self._bucket),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            # Out of the terminal's process group: Ctrl-C interrupts the demo, which then
+            # Out of the terminal's process group: Ctrl-C interrupts the bench, which then
             # stops the upstream itself, instead of the upstream dying with a traceback.
             start_new_session=True,
         )

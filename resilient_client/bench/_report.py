@@ -23,21 +23,20 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from ._bench import (
-    OK,
-    BenchOptions,
-    ClientSpec,
-    ScenarioResult,
+from .. import __version__
+from ._clients import ClientSpec
+from ._figures import (
     amplification_between,
     breaker_timeline,
     host_figures,
     host_timeline,
-    outages_of,
     overhead,
     recovery_time,
     window_of,
 )
+from ._load import OK
+from ._runner import ClientRun, ScenarioResult
+from ._scenarios import BenchOptions, outages_of
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -75,91 +74,20 @@ def machine() -> dict[str, Any]:
 
 
 def _scenario(result: ScenarioResult) -> dict[str, Any]:
-    duration = result.duration
-    window = window_of(duration)
-    focus = result.scenario.focus
-    results: dict[str, Any] = {}
-    headline: dict[str, Any] = {}
+    """One scenario's part of the report: its setup, each client's figures, the headline."""
     costs = overhead(result)
-    outages = outages_of(result.hosts[focus])
-    next_starts = sorted(start for start, _ in outages)[1:]
-    for run in result.runs:
-        hosts = {
-            name: host_figures(log, run.received[name], duration) for name, log in run.logs.items()
-        }
-        # Alternating segments leave gaps in the server's clock: no load timeline for those.
-        segmented = result.scenario.segments > 1
-        timeline = {
-            name: host_timeline(
-                log, {} if segmented else run.received[name], result.bucket, window, duration
-            )
-            for name, log in run.logs.items()
-        }
-        results[run.spec.key] = {
-            "elapsed_s": round(run.wall, 3),
-            "cut_short": run.cut_short,
-            **costs[run.spec.key],
-            "hosts": hosts,
-            "timeline": {"window_s": window, "hosts": timeline},
-            "breaker": breaker_timeline(run, run.dependency_names()),
-        }
-        figures = hosts[focus]
-        line: dict[str, Any] = {
-            "calls": figures["calls"],
-            "success_ratio": figures["success_ratio"],
-            "errors": sum(figures["errors"].values()),
-            "errors_by_type": figures["errors"],
-            "p50_ms": figures["latency_ms"]["p50"],
-            "p99_ms": figures["latency_ms"]["p99"],
-            "upstream_per_call": figures["upstream"]["per_call"],
-        }
-        if result.scenario.segments > 1:
-            line.update(costs[run.spec.key])
-        if outages:
-            log = run.logs[focus]
-            line["outages"] = [
-                {
-                    "start_s": start,
-                    "end_s": end,
-                    **amplification_between(log, run.received[focus], result.bucket, start, end),
-                    "failed": sum(
-                        1
-                        for at, outcome in zip(log.starts, log.outcomes, strict=True)
-                        if start <= at < end and outcome != OK
-                    ),
-                    # Judged only until the next outage starts, which would fail calls anew.
-                    "recovery_s": recovery_time(
-                        log, end, next_starts[number] if number < len(next_starts) else duration
-                    ),
-                }
-                for number, (start, end) in enumerate(outages)
-            ]
-        if result.scenario.name == "slow-dependency":
-            slow = hosts["slow"]
-            line["slow_ok"] = slow["ok"]
-            line["slow_failed_fast"] = slow["errors"].get("BulkheadFullError", 0)
-        headline[run.spec.key] = line
+    outages = outages_of(result.hosts[result.scenario.focus])
+    runs = {run.spec.key: run for run in result.runs}
+    results = {key: _client_result(result, run, costs[key]) for key, run in runs.items()}
+    headline = {
+        key: _headline(result, run, results[key]["hosts"], costs[key], outages)
+        for key, run in runs.items()
+    }
     report: dict[str, Any] = {
         "title": result.scenario.title,
-        "focus": focus,
-        "duration_s": duration,
-        "load": {
-            "mode": result.options.load,
-            "streams": [
-                {
-                    "host": s.host,
-                    **(
-                        {"rate_per_s": s.rate}
-                        if result.options.load == "open"
-                        else {"workers": s.workers, "think_time_s": s.think_time}
-                    ),
-                }
-                for s in result.streams
-            ],
-            "segments_per_client": result.scenario.segments,
-            "grace_s": result.options.grace,
-            "seed": result.options.seed,
-        },
+        "focus": result.scenario.focus,
+        "duration_s": result.duration,
+        "load": _load_of(result),
         "hosts": {name: profile.to_dict() for name, profile in result.hosts.items()},
         "headline": headline,
         "results": results,
@@ -167,6 +95,107 @@ def _scenario(result: ScenarioResult) -> dict[str, Any]:
     if outages:
         report["outages_s"] = [{"start": start, "end": end} for start, end in outages]
     return report
+
+
+def _client_result(result: ScenarioResult, run: ClientRun, cost: dict[str, Any]) -> dict[str, Any]:
+    """One client's figures in one scenario: per host, over time, its breakers, its cost."""
+    duration = result.duration
+    window = window_of(duration)
+    # Alternating segments leave gaps in the server's clock: no load timeline for those.
+    segmented = result.scenario.segments > 1
+    timeline = {
+        name: host_timeline(
+            log, {} if segmented else run.received[name], result.bucket, window, duration
+        )
+        for name, log in run.logs.items()
+    }
+    return {
+        "elapsed_s": round(run.wall, 3),
+        "cut_short": run.cut_short,
+        **cost,
+        "hosts": {
+            name: host_figures(log, run.received[name], duration) for name, log in run.logs.items()
+        },
+        "timeline": {"window_s": window, "hosts": timeline},
+        "breaker": breaker_timeline(run, run.dependency_names()),
+    }
+
+
+def _headline(
+    result: ScenarioResult,
+    run: ClientRun,
+    hosts: dict[str, Any],
+    cost: dict[str, Any],
+    outages: list[tuple[float, float]],
+) -> dict[str, Any]:
+    """The figures that answer the scenario's question, for one client."""
+    figures = hosts[result.scenario.focus]
+    line: dict[str, Any] = {
+        "calls": figures["calls"],
+        "success_ratio": figures["success_ratio"],
+        "errors": sum(figures["errors"].values()),
+        "errors_by_type": figures["errors"],
+        "p50_ms": figures["latency_ms"]["p50"],
+        "p99_ms": figures["latency_ms"]["p99"],
+        "upstream_per_call": figures["upstream"]["per_call"],
+    }
+    if result.scenario.segments > 1:
+        line.update(cost)
+    if outages:
+        line["outages"] = _outage_figures(result, run, outages)
+    if result.scenario.name == "slow-dependency":
+        slow = hosts["slow"]
+        line["slow_ok"] = slow["ok"]
+        line["slow_failed_fast"] = slow["errors"].get("BulkheadFullError", 0)
+    return line
+
+
+def _outage_figures(
+    result: ScenarioResult, run: ClientRun, outages: list[tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """Per outage of the focus host: requests per call within it, failures, recovery."""
+    focus = result.scenario.focus
+    log = run.logs[focus]
+    next_starts = sorted(start for start, _ in outages)[1:]
+    return [
+        {
+            "start_s": start,
+            "end_s": end,
+            **amplification_between(log, run.received[focus], result.bucket, start, end),
+            "failed": sum(
+                1
+                for at, outcome in zip(log.starts, log.outcomes, strict=True)
+                if start <= at < end and outcome != OK
+            ),
+            # Judged only until the next outage starts, which would fail calls anew.
+            "recovery_s": recovery_time(
+                log, end, next_starts[number] if number < len(next_starts) else result.duration
+            ),
+        }
+        for number, (start, end) in enumerate(outages)
+    ]
+
+
+def _load_of(result: ScenarioResult) -> dict[str, Any]:
+    """The traffic the scenario sent: the loop, each stream's rate or workers, grace, seed."""
+    options = result.options
+    return {
+        "mode": options.load,
+        "streams": [
+            {
+                "host": s.host,
+                **(
+                    {"rate_per_s": s.rate}
+                    if options.load == "open"
+                    else {"workers": s.workers, "think_time_s": s.think_time}
+                ),
+            }
+            for s in result.streams
+        ],
+        "segments_per_client": result.scenario.segments,
+        "grace_s": options.grace,
+        "seed": options.seed,
+    }
 
 
 def build_report(

@@ -1,0 +1,197 @@
+"""The bench's figures, from the calls' logs and the upstream's counts.
+
+Per host: counts, errors by type, latency percentiles and upstream requests per
+call (:func:`host_figures`); the same per time window (:func:`host_timeline`);
+requests per call within an outage (:func:`amplification_between`); how long
+calls kept failing after it (:func:`recovery_time`); the breaker's states as
+sampled (:func:`breaker_timeline`); and each client's CPU cost (:func:`overhead`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._load import OK, CallLog, sent
+from ._stats import latency_summary
+
+if TYPE_CHECKING:
+    from ._runner import ClientRun, ScenarioResult
+
+__all__ = [
+    "amplification_between",
+    "breaker_timeline",
+    "host_figures",
+    "host_timeline",
+    "overhead",
+    "recovery_time",
+    "window_of",
+]
+
+
+def host_figures(log: CallLog, received: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """Counts, errors by type, latency percentiles and amplification for one host."""
+    latencies = [
+        latency
+        for latency, outcome in zip(log.latencies, log.outcomes, strict=True)
+        if sent(outcome)
+    ]
+    outcomes = Counter(log.outcomes)
+    calls = sum(n for outcome, n in outcomes.items() if sent(outcome))
+    upstream = sum(received.get("outcomes", {}).values())
+    return {
+        "calls": calls,
+        "ok": outcomes[OK],
+        "errors": {name: n for name, n in outcomes.most_common() if name != OK},
+        "success_ratio": round(outcomes[OK] / calls, 4) if calls else None,
+        "calls_per_s": round(calls / seconds, 1) if seconds else None,
+        "latency_ms": latency_summary(latencies),
+        "upstream": {
+            "requests": upstream,
+            "answered": dict(received.get("outcomes", {})),
+            "per_call": round(upstream / calls, 3) if calls else None,
+        },
+    }
+
+
+# The levels drawn per time window.
+_WINDOW_LEVELS = (("p50", 0.5), ("p99", 0.99))
+
+
+def window_of(duration: float) -> float:
+    """The width of one time window in the timelines: about 40 windows a run."""
+    return min(1.0, max(0.1, round(duration / 40, 2)))
+
+
+def host_timeline(
+    log: CallLog, received: Mapping[str, Any], bucket: float, window: float, until: float
+) -> list[dict[str, Any]]:
+    """Per window (by the calls' start): calls, ok, p50/p99, errors by type, server requests."""
+    count = max(1, math.ceil(until / window))
+    latencies: list[list[float]] = [[] for _ in range(count)]
+    outcomes: list[Counter[str]] = [Counter() for _ in range(count)]
+    for start, latency, outcome in zip(log.starts, log.latencies, log.outcomes, strict=True):
+        index = min(count - 1, max(0, int(start / window)))
+        outcomes[index][outcome] += 1
+        if sent(outcome):
+            latencies[index].append(latency)
+    requests = [0] * count
+    for key, slot in received.get("timeline", {}).items():
+        # Like the calls, anything after the last window (the drain) counts in the last one.
+        index = min(count - 1, int(int(key) * bucket / window + 1e-9))
+        requests[index] += sum(slot.values())
+    rows = []
+    for index in range(count):
+        levels = latency_summary(latencies[index], _WINDOW_LEVELS)
+        rows.append(
+            {
+                "t": round(index * window, 3),
+                "calls": sum(outcomes[index].values()),
+                "ok": outcomes[index][OK],
+                "p50_ms": levels["p50"],
+                "p99_ms": levels["p99"],
+                "errors": {k: n for k, n in outcomes[index].items() if k != OK},
+                "upstream_requests": requests[index],
+            }
+        )
+    return rows
+
+
+def recovery_time(
+    log: CallLog, outage_end: float, until: float, window: float = 0.25, good: float = 0.95
+) -> float | None:
+    """Seconds from the outage's end until calls succeed again; None if not before ``until``.
+
+    Calls are grouped by start time in ``window``-second windows from the end of
+    the outage on; the time is the end of the last window in which fewer than
+    ``good`` of the calls succeeded (0 when every window after the end was good).
+    """
+    windows: dict[int, list[int]] = {}
+    for start, outcome in zip(log.starts, log.outcomes, strict=True):
+        if outage_end <= start < until and sent(outcome):
+            slot = windows.setdefault(int((start - outage_end) / window), [0, 0])
+            slot[0] += 1
+            slot[1] += outcome == OK
+    if not windows:
+        return None
+    bad = [index for index, (calls, ok) in windows.items() if ok < good * calls]
+    if not bad:
+        return 0.0
+    last = max(bad)
+    if outage_end + (last + 1) * window >= until - window:
+        return None  # still failing at the end of the run
+    return round((last + 1) * window, 3)
+
+
+def amplification_between(
+    log: CallLog, received: Mapping[str, Any], bucket: float, start: float, end: float
+) -> dict[str, Any]:
+    """Requests the server received per call started, counting only ``[start, end)``.
+
+    The server counts requests in buckets, so both are counted over the buckets
+    that begin within ``[start, end)``: calls by the bucket their start falls in.
+    (Counting calls over ``[start, end)`` itself measured two different spans
+    wherever the window did not begin and end on bucket edges.)
+    """
+    first = math.ceil(start / bucket - 1e-9)
+    last = math.ceil(end / bucket - 1e-9)  # the first bucket that begins at or after ``end``
+    calls = sum(
+        1
+        for s, o in zip(log.starts, log.outcomes, strict=True)
+        if first <= int(s / bucket + 1e-9) < last and sent(o)
+    )
+    requests = sum(
+        sum(slot.values())
+        for key, slot in received.get("timeline", {}).items()
+        if first <= int(key) < last
+    )
+    return {
+        "calls": calls,
+        "upstream_requests": requests,
+        "per_call": round(requests / calls, 3) if calls else None,
+    }
+
+
+def breaker_timeline(run: ClientRun, names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each host's breaker state (and queue, pause) as sampled, keyed by the scenario's names."""
+    timeline = []
+    for at, sample in run.samples:
+        states = {names[dep]: values for dep, values in sample.items() if dep in names}
+        timeline.append({"t": round(at, 3), "hosts": states})
+    return timeline
+
+
+def overhead(result: ScenarioResult, baseline: str = "httpx") -> dict[str, Any]:
+    """CPU per call and throughput of each client against ``baseline``, segment by segment."""
+    by_key = {run.spec.key: run for run in result.runs}
+    base = by_key.get(baseline)
+    figures: dict[str, Any] = {}
+    for run in result.runs:
+        calls = sum(s[0] for s in run.segments)
+        cpu = sum(s[1] for s in run.segments)
+        wall = sum(s[2] for s in run.segments)
+        entry: dict[str, Any] = {
+            "cpu_us_per_call": round(cpu / calls * 1e6, 1) if calls else None,
+            "calls_per_s": round(calls / wall, 1) if wall else None,
+        }
+        if base is not None and run is not base:
+            cpu_ratios = [
+                (mine[1] / mine[0]) / (theirs[1] / theirs[0])
+                for mine, theirs in zip(run.segments, base.segments, strict=False)
+                if mine[0] and theirs[0] and theirs[1] > 0
+            ]
+            rate_ratios = [
+                (mine[0] / mine[2]) / (theirs[0] / theirs[2])
+                for mine, theirs in zip(run.segments, base.segments, strict=False)
+                if mine[0] and theirs[0] and mine[2] > 0 and theirs[2] > 0
+            ]
+            if cpu_ratios:
+                entry["cpu_ratio_vs_httpx"] = round(statistics.median(cpu_ratios), 3)
+                entry["cpu_ratio_segments"] = [round(r, 3) for r in cpu_ratios]
+            if rate_ratios:
+                entry["throughput_ratio_vs_httpx"] = round(statistics.median(rate_ratios), 3)
+        figures[run.spec.key] = entry
+    return figures
