@@ -29,7 +29,6 @@ class Bulkhead:
     def __init__(self, dependency: str, policy: BulkheadPolicy) -> None:
         self._dependency = dependency
         self._policy = policy
-        self._max_concurrent = policy.max_concurrent  # read on every call
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -49,7 +48,7 @@ class Bulkhead:
         The pipeline calls this first: on the path every call takes, awaiting a
         coroutine that never waits would cost more than the check itself.
         """
-        if self._in_flight < self._max_concurrent and not self._waiters:
+        if self._in_flight < self._policy.max_concurrent and not self._waiters:
             self._in_flight += 1
             return True
         return False

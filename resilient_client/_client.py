@@ -144,11 +144,11 @@ class AsyncClient(httpx.AsyncClient):
             self._transport_factory.ssl_context  # noqa: B018
         self._telemetry = Telemetry(
             self._resilience_settings.telemetry,
-            self._pipelines,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
         self._registry = DependencyRegistry(self._resilience_settings, self._build_pipeline)
+        self._telemetry.observe(self._registry.pipelines)
         self._last_resolved: tuple[httpx.URL, DependencyPipeline] | None = None
 
     @property
@@ -219,12 +219,6 @@ class AsyncClient(httpx.AsyncClient):
             telemetry=self._telemetry,
         )
 
-    def _pipelines(self) -> list[DependencyPipeline]:
-        # Read by the metrics callbacks (from a reader's thread, maybe before
-        # __init__ has made the registry).
-        registry = getattr(self, "_registry", None)
-        return [] if registry is None else registry.pipelines()
-
     def _pool_limits(self, policy: DependencyPolicy) -> httpx.Limits:
         given = self._client_limits
         concurrent = policy.bulkhead.max_concurrent
@@ -263,7 +257,7 @@ class AsyncClient(httpx.AsyncClient):
         """
         pipeline = self._registry.resolve(request.url)
         self._last_resolved = (request.url, pipeline)
-        total = pipeline.total
+        total = pipeline.policy.timeout.total
         token = push_deadline(None if total is None else monotonic() + total)
         try:
             return await super().send(

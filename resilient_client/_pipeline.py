@@ -1,29 +1,37 @@
 """The per-dependency pipeline: every resilience layer of one dependency, composed here.
 
-Outermost first, as a request passes through them::
+This module is the one place where the layers' order is decided (the docs
+explain it and point here). A call meets them outermost first, each one a step
+of :class:`DependencyPipeline`::
 
-    deadline    the call's absolute deadline: the earliest of every enclosing
-                ``deadline()`` scope and ``timeout.total`` (opened by the client
-                around the whole logical call, so redirects, auth round trips
-                and the body read share one budget)
-    bulkhead    a permit per call in flight, held across its retries; beyond
-                ``max_concurrent`` calls wait in a bounded queue, beyond that they
-                fail fast. Held until the response body is closed, because an
-                open body holds a connection
-    retry       the first attempt goes straight through; only a retryable
-                outcome starts the retry loop (backoff or Retry-After, stopped by
-                attempts, the deadline, the retry budget or an open breaker)
-    rate limit  per attempt sent: a slot of the dependency's rate, after any
-                Retry-After pause; RateLimitedError if the deadline can't wait
-    breaker     per attempt: fails fast while open, admits capped probes when
-                half-open, and records the attempt's outcome
-    attempt     httpx's per-phase timeouts shrunk to the time left, bounded by
-                ``timeout.attempt`` and ``timeout.connect``; a backstop at the limit
-    transport   the dependency's own connection pool for the URL's route, leased
-                until the body is closed and replaced if it may have lost slots
-                (or the transport or mount the user gave the client, as given)
-    body        every read of the body bounded by the deadline; closing it
-                releases the pool lease, and the permit for the final response
+    handle_async_request   one logical call, with its deadline: the earliest of
+                           every enclosing ``deadline()`` scope and ``timeout.total``
+                           (the client opens a scope around the whole logical
+                           call, so redirects, auth round trips and the body
+                           read share one budget)
+    admit                  refuse a call whose deadline has passed; take a
+                           bulkhead permit, or wait in its bounded queue, or fail
+                           fast (_admit_at_once, _wait_for_permit)
+    send                   the first attempt; only a retryable outcome starts
+                           the retry loop, RetryStrategy.run (_send)
+      attempt              per attempt sent (_attempt):
+        rate limit         a slot of the dependency's rate, after any
+                           Retry-After pause (_wait_for_rate_limit)
+        admit the attempt  the deadline, then the breaker: fails fast while open,
+                           capped probes when half-open (_admit_attempt)
+        timeouts           httpx's per-phase timeouts shrunk to the time left,
+                           bounded by timeout.attempt and timeout.connect, and a
+                           backstop at the limit (TimeoutStrategy.begin)
+        transport          the dependency's own pool for the URL's route, leased
+                           until the body closes; or the user's own transport or
+                           mount, as given (_transport_for)
+        record             the outcome, for the breaker; a 429's Retry-After
+                           for the rate limit (_record_error, _record_response)
+        wrap the body      every read bounded by the deadline; closing it ends
+                           the pool lease (_wrap_body)
+    release                the permit, and the call's telemetry, end when the
+                           final response's body closes: an open body holds a
+                           connection (_hand_over)
 
 Why this order: the deadline must see everything, queueing included. The
 bulkhead sits outside retries so a call's retries never take a second permit
@@ -32,19 +40,19 @@ the breaker so each attempt is counted and admitted on its own: a retry never
 slips past an open breaker or over the rate.
 
 Deliberately outside: deciding *which* dependency a URL belongs to (the
-registry), and the httpx features around a single request — auth flows,
-redirects, cookies, event hooks — which stay exactly httpx's own.
+registry), and the httpx features around a single request (auth flows,
+redirects, cookies, event hooks), which stay exactly httpx's own.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
 
-from ._breaker import CircuitBreaker
+from ._breaker import CircuitBreaker, Permit
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._correlation import HeaderSlot, format_time_left
@@ -81,10 +89,6 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
     ) -> None:
         self.name = name
         self.policy = policy
-        # Read on every call: plain attributes of the frozen policy (a pydantic
-        # model's attribute reads go through its __getattr__ hook).
-        self.total = policy.timeout.total
-        self._respect_retry_after = policy.retry.respect_retry_after
         self.named = named
         self.critical = critical
         self._route_for = route_for
@@ -108,132 +112,93 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self.retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
 
+    # -- the call: admit, send (and retry), hand the body over -------------------------
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        call = self._telemetry.start_call(self.name, request)
-        if call is not None:
-            call.enter()
+        """One logical call through the layers, in the order the module docstring draws."""
+        call = _Call(
+            self,
+            request,
+            self._timeout.call_deadline(),
+            self._telemetry.start_call(self.name, request),
+        )
         try:
-            deadline = self._timeout.call_deadline()
-            if deadline is not None and monotonic() >= deadline:
-                raise self._refused(
-                    "deadline",
-                    self._timeout.expired_error(request, "before the call was admitted"),
-                    request,
-                    call,
-                )
-            if not self._bulkhead.try_acquire():
-                try:
-                    await self._bulkhead.acquire(deadline)
-                except ResilienceError as refusal:
-                    reason = (
-                        "deadline" if isinstance(refusal, DeadlineExceededError) else "bulkhead"
-                    )
-                    raise self._refused(reason, refusal, request, call) from None
+            if not self._admit_at_once(call):
+                await self._wait_for_permit(call)
             try:
-                # The first attempt goes straight through; only a retryable outcome
-                # starts the retry loop (a frame less on the path every call takes).
-                self._retry.budget.record_request()
-                try:
-                    response = await self._attempt(request, deadline, call)
-                except Exception as error:
-                    if self._retry.reason_to_retry(request, error) is None:
-                        raise
-                    response = await self._retry_after(request, error, deadline, call)
-                else:
-                    if self._retry.reason_to_retry(request, response) is not None:
-                        response = await self._retry_after(request, response, deadline, call)
+                response = await self._send(call)
             except BaseException:
                 self._release_permit()
                 raise
         except BaseException as error:
-            if call is not None:
-                call.end(error)
+            call.end(error)
             raise
         finally:
-            if call is not None:
-                call.exit()
-        stream = response.stream
-        if isinstance(stream, DeadlineBody):
-            stream.also_on_close(self._release_permit)
-            if call is not None:
-                stream.also_on_close(lambda: call.end(stream.failure or response))
+            call.leave()
+        return self._hand_over(call, response)
+
+    def _admit_at_once(self, call: _Call) -> bool:
+        """Refuse a call whose deadline has passed; take a free bulkhead permit if any."""
+        deadline = call.deadline
+        if deadline is not None and monotonic() >= deadline:
+            expired = self._timeout.expired_error(call.request, "before the call was admitted")
+            raise call.refused("deadline", expired)
+        # Without awaiting: a coroutine that never waits would cost more than this check.
+        return self._bulkhead.try_acquire()
+
+    async def _wait_for_permit(self, call: _Call) -> None:
+        """Wait in the bulkhead's queue, within the deadline, or be refused."""
+        try:
+            await self._bulkhead.acquire(call.deadline)
+        except ResilienceError as refusal:
+            reason = "deadline" if isinstance(refusal, DeadlineExceededError) else "bulkhead"
+            raise call.refused(reason, refusal) from None
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        """The first attempt; only a retryable outcome starts the retry loop."""
+        retry = self._retry
+        retry.budget.record_request()
+        request = call.request
+        try:
+            response = await self._attempt(call)
+        except Exception as error:
+            if retry.reason_to_retry(request, error) is None:
+                raise
+            first: httpx.Response | Exception = error
         else:
-            self._release_permit()  # already read and closed (see _attempt)
-            if call is not None:
-                call.end(response)
-        return response
-
-    def _refused(
-        self,
-        reason: str,
-        error: ResilienceError,
-        request: httpx.Request,
-        call: CallTelemetry | None,
-    ) -> ResilienceError:
-        """Report that an attempt was refused before it was sent; return the error."""
-        if call is not None:
-            call.rejected(reason, str(error))
-        self._rejections.rejected(reason, error, self._request_id_of(request))
-        return error
-
-    def _request_id_of(self, request: httpx.Request) -> str | None:
-        header = self._telemetry.request_id_header
-        return None if header is None else header.get(request.headers)
-
-    async def _retry_after(
-        self,
-        request: httpx.Request,
-        first: httpx.Response | Exception,
-        deadline: float | None,
-        call: CallTelemetry | None,
-    ) -> httpx.Response:
-        return await self._retry.run(
-            request,
-            first,
-            lambda: self._attempt(request, deadline, call),
-            deadline=deadline,
-            breaker_open=lambda: self._breaker.state == "open",
-            observer=_RetryReport(self, request, call),
+            if retry.reason_to_retry(request, response) is None:
+                return response
+            first = response
+        return await retry.run(
+            request, first, partial(self._attempt, call), deadline=call.deadline, observer=call
         )
 
-    async def _attempt(
-        self, request: httpx.Request, deadline: float | None, call: CallTelemetry | None
-    ) -> httpx.Response:
-        """One attempt: rate limit, breaker admission, timeouts, the pool; outcome recorded."""
+    def _hand_over(self, call: _Call, response: httpx.Response) -> httpx.Response:
+        """The permit and the call's telemetry end when the body closes."""
+        stream = response.stream
+        if not isinstance(stream, DeadlineBody):
+            self._release_permit()  # already read and closed (see _wrap_body)
+            call.end(response)
+            return response
+        stream.also_on_close(self._release_permit)
+        if call.telemetry is not None:
+            stream.also_on_close(lambda: call.end(stream.failure or response))
+        return response
+
+    # -- one attempt: admit it, send it within its timeouts, record it, wrap the body --
+
+    async def _attempt(self, call: _Call) -> httpx.Response:
+        """One attempt: rate limit, breaker, timeouts, the pool; its outcome recorded."""
         if not self._rate_limit.unlimited_now:
-            try:
-                await self._rate_limit.acquire(deadline)
-            except RateLimitedError as refusal:
-                raise self._refused("rate_limit", refusal, request, call) from None
-        if deadline is not None and monotonic() >= deadline:
-            # Checked before admission, so an attempt never sent is never recorded.
-            raise self._refused(
-                "deadline",
-                self._timeout.expired_error(request, "before the attempt could start"),
-                request,
-                call,
-            )
-        try:
-            permit = self._breaker.admit()
-        except CircuitOpenError as refusal:
-            raise self._refused("breaker", refusal, request, call) from None
-        deadline_header = self._deadline_header
-        if deadline_header is not None:
-            time_left = self._timeout.attempt_time_left(deadline)
-            if time_left is not None:
-                deadline_header.set(request.headers, format_time_left(time_left))
+            await self._wait_for_rate_limit(call)
+        permit = self._admit_attempt(call)
+        request = call.request
+        self._stamp_time_left(call)
+        started = call.attempt_started()
         lease: PoolLease | None = None
-        started = 0.0 if call is None else call.attempt_started()
         try:
-            route = self._route_for(request.url)
-            if isinstance(route, Route):
-                lease = self._pools.lease(route)
-                transport = lease.transport
-            else:
-                transport = route  # the user's own transport or mount, used as given
-            if call is not None and call.span is not None:
-                transport = self._telemetry.attempt_transport(transport)
-            guard = self._timeout.begin(request, deadline)
+            transport, lease = self._transport_for(call)
+            guard = self._timeout.begin(request, call.deadline)
             try:
                 response = await transport.handle_async_request(request)
             except BaseException as error:
@@ -241,27 +206,69 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
                 interrupted = None if lease is None else lease.interrupted
                 raise guard.failed(error, request, interrupted)  # noqa: B904
             guard.succeeded()
-        except asyncio.CancelledError as cancelled:
-            self._breaker.record_ignored(permit)  # the caller gave up: says nothing of them
+        except BaseException as error:
+            self._record_error(error, permit, lease)
+            call.attempt_ended(started, error)
+            raise
+        call.attempt_ended(started, response)
+        self._record_response(response, permit)
+        return self._wrap_body(response, call, lease, guard.read_bound)
+
+    async def _wait_for_rate_limit(self, call: _Call) -> None:
+        try:
+            await self._rate_limit.acquire(call.deadline)
+        except RateLimitedError as refusal:
+            raise call.refused("rate_limit", refusal) from None
+
+    def _admit_attempt(self, call: _Call) -> Permit:
+        """The deadline, then the breaker: an attempt never sent is never recorded."""
+        deadline = call.deadline
+        if deadline is not None and monotonic() >= deadline:
+            expired = self._timeout.expired_error(call.request, "before the attempt could start")
+            raise call.refused("deadline", expired)
+        try:
+            return self._breaker.admit()
+        except CircuitOpenError as refusal:
+            raise call.refused("breaker", refusal) from None
+
+    def _stamp_time_left(self, call: _Call) -> None:
+        """Tell the dependency how long this attempt may take (the deadline header)."""
+        header = self._deadline_header
+        if header is not None:
+            time_left = self._timeout.attempt_time_left(call.deadline)
+            if time_left is not None:
+                header.set(call.request.headers, format_time_left(time_left))
+
+    def _transport_for(self, call: _Call) -> tuple[httpx.AsyncBaseTransport, PoolLease | None]:
+        """The dependency's own pool for the URL's route (leased), or the user's transport."""
+        route = self._route_for(call.request.url)
+        lease = None
+        if isinstance(route, Route):
+            lease = self._pools.lease(route)
+            transport = lease.transport
+        else:
+            transport = route  # the user's own transport or mount, used as given
+        if call.traced:
+            transport = self._telemetry.attempt_transport(transport)
+        return transport, lease
+
+    def _record_error(self, error: BaseException, permit: Permit, lease: PoolLease | None) -> None:
+        """What an attempt that raised tells the breaker and the pool; the lease ends."""
+        if not isinstance(error, Exception):  # cancelled: the caller gave up
+            self._breaker.record_ignored(permit)  # which says nothing of the dependency
             if lease is not None:
                 lease.interrupted()
-            _release(lease)
-            if call is not None:
-                call.attempt_ended(started, cancelled)
-            raise
-        except Exception as error:
-            if _is_local(error):
-                self._breaker.record_ignored(permit)
-                if lease is not None and _waited_for_connection(error):
-                    lease.pool_timed_out()
-            else:
-                self._breaker.record_failure(permit)
-            _release(lease)
-            if call is not None:
-                call.attempt_ended(started, error)
-            raise
-        if call is not None:
-            call.attempt_ended(started, response)
+        elif _is_local(error):
+            self._breaker.record_ignored(permit)
+            if lease is not None and _waited_for_connection(error):
+                lease.pool_timed_out()
+        else:
+            self._breaker.record_failure(permit)
+        if lease is not None:
+            lease.release()
+
+    def _record_response(self, response: httpx.Response, permit: Permit) -> None:
+        """What a response tells the breaker, and a 429's ``Retry-After`` the rate limit."""
         status = response.status_code
         if status >= 500:
             self._breaker.record_failure(permit)
@@ -270,17 +277,27 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             # would refuse calls the quota admits, for longer than asked). The
             # Retry-After pause and the rate limit are what answer a 429.
             self._breaker.record_ignored(permit)
-            if self._respect_retry_after:
+            if self.policy.retry.respect_retry_after:
                 pause = retry_after_seconds(response)
                 if pause is not None:
                     # Everyone backs off together instead of each finding the limit.
                     self._rate_limit.pause_until(monotonic() + min(pause, RETRY_AFTER_CAP))
         else:
             self._breaker.record_success(permit)
+
+    def _wrap_body(
+        self,
+        response: httpx.Response,
+        call: _Call,
+        lease: PoolLease | None,
+        read_bound: float,
+    ) -> httpx.Response:
+        """Bound the body's reads by the deadline; closing it ends the pool lease."""
         if response.is_closed:
             # Built from bytes (MockTransport, ASGI apps, caches): already read and
             # closed, so no one will ever close it again. It holds no connection.
-            _release(lease)
+            if lease is not None:
+                lease.release()
             return response
         stream = response.stream
         if not isinstance(stream, httpx.AsyncByteStream):
@@ -289,15 +306,23 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             )
         response.stream = DeadlineBody(
             stream,
-            deadline=deadline,
+            deadline=call.deadline,
             on_close=None if lease is None else lease.release,
             strategy=self._timeout,
-            request=request,
+            request=call.request,
             # httpx's own transport reads its timeouts live; another factory's, or
             # the user's own transport, may ignore them.
-            read_bound=guard.read_bound if lease is not None and self._pools_are_httpx else None,
+            read_bound=read_bound if lease is not None and self._pools_are_httpx else None,
         )
         return response
+
+    def log_rejection(
+        self, reason: str, error: BaseException | str, request: httpx.Request
+    ) -> None:
+        """Log that an attempt or a retry was refused (rate-limited per reason)."""
+        header = self._telemetry.request_id_header
+        request_id = None if header is None else header.get(request.headers)
+        self._rejections.rejected(reason, error, request_id)
 
     def _release_permit(self) -> None:
         self._bulkhead.release()
@@ -371,34 +396,66 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         }
 
 
-class _RetryReport:
-    """Tells telemetry and the logs what one call's retry loop did."""
+class _Call:
+    """One logical call as the pipeline's steps see it; the retry loop's observer too.
 
-    __slots__ = ("_call", "_pipeline", "_request")
+    Holds the request, the call's deadline and its telemetry (None when nothing
+    would record it: each report below is then a branch and no more).
+    """
+
+    __slots__ = ("_pipeline", "deadline", "request", "telemetry", "traced")
 
     def __init__(
-        self, pipeline: DependencyPipeline, request: httpx.Request, call: CallTelemetry | None
+        self,
+        pipeline: DependencyPipeline,
+        request: httpx.Request,
+        deadline: float | None,
+        telemetry: CallTelemetry | None,
     ) -> None:
         self._pipeline = pipeline
-        self._request = request
-        self._call = call
+        self.request = request
+        self.deadline = deadline
+        self.telemetry = telemetry
+        self.traced = telemetry is not None and telemetry.span is not None
+        if telemetry is not None:
+            telemetry.enter()
+
+    def leave(self) -> None:
+        """The call's steps are over (its body may still be read)."""
+        if self.telemetry is not None:
+            self.telemetry.exit()
+
+    def end(self, result: httpx.Response | BaseException) -> None:
+        if self.telemetry is not None:
+            self.telemetry.end(result)
+
+    def refused(self, reason: str, error: ResilienceError) -> ResilienceError:
+        """Report an attempt refused before it was sent; return the error to raise."""
+        if self.telemetry is not None:
+            self.telemetry.rejected(reason, str(error))
+        self._pipeline.log_rejection(reason, error, self.request)
+        return error
+
+    def attempt_started(self) -> float:
+        return 0.0 if self.telemetry is None else self.telemetry.attempt_started()
+
+    def attempt_ended(self, started: float, result: httpx.Response | BaseException) -> None:
+        if self.telemetry is not None:
+            self.telemetry.attempt_ended(started, result)
+
+    # -- RetryObserver -----------------------------------------------------------------
+
+    def breaker_open(self) -> bool:
+        return self._pipeline.breaker_state == "open"
 
     def retrying(self, reason: str, wait: float) -> None:
-        if self._call is not None:
-            self._call.retrying(reason, wait)
+        if self.telemetry is not None:
+            self.telemetry.retrying(reason, wait)
 
     def retry_refused(self, reason: str, message: str) -> None:
-        pipeline = self._pipeline
-        if self._call is not None:
-            self._call.rejected(reason, message)
-        pipeline._rejections.rejected(
-            reason, f"retry not made: {message}", pipeline._request_id_of(self._request)
-        )
-
-
-def _release(lease: PoolLease | None) -> None:
-    if lease is not None:
-        lease.release()
+        if self.telemetry is not None:
+            self.telemetry.rejected(reason, message)
+        self._pipeline.log_rejection(reason, f"retry not made: {message}", self.request)
 
 
 def _waited_for_connection(error: BaseException) -> bool:

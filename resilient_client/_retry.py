@@ -24,10 +24,10 @@ When attempts stop on a retryable status the last response is returned, as
 httpx would have returned it; on an error, the last error is raised. A retry
 that the deadline cuts short hands back the response already in hand, if any.
 
-The first attempt runs outside tenacity: almost every call succeeds at once,
-and tenacity's machinery costs more than the request's own bookkeeping. Only a
-retryable first outcome starts a fresh ``AsyncRetrying`` (one per call:
-tenacity keeps statistics in a thread-local that every task would share).
+The pipeline makes the first attempt itself, outside tenacity: almost every
+call succeeds at once, and an ``AsyncRetrying`` costs 15 to 20 µs a call here
+(several percent of a whole request). Only a retryable first outcome starts
+:meth:`RetryStrategy.run`, a plain ``async for`` over a fresh ``AsyncRetrying``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ Attempt = Callable[[], Awaitable[httpx.Response]]
 
 
 class RetryObserver(Protocol):
-    """What the retry loop reports, for telemetry and logs."""
+    """What the retry loop asks of its caller, and reports to it (telemetry and logs)."""
+
+    def breaker_open(self) -> bool:
+        """Whether the dependency's circuit breaker is open (no retry then)."""
 
     def retrying(self, reason: str, wait: float) -> None:
         """A retry is scheduled ``wait`` seconds from now, for ``reason``."""
@@ -113,12 +116,9 @@ class RetryStrategy:
 
     def __init__(self, dependency: str, policy: RetryPolicy, budget: RetryBudget) -> None:
         self._dependency = dependency
-        self._policy = policy
-        # Read on every call: plain attributes of the frozen policy.
-        self._attempts = policy.attempts
-        self._retry_on_status = policy.retry_on_status
+        self.policy = policy
         self.budget = budget
-        self._wait_backoff = tenacity.wait_random_exponential(
+        self.wait_backoff = tenacity.wait_random_exponential(
             multiplier=policy.backoff_base, max=policy.backoff_max
         )
         self.retries_by_reason: dict[str, int] = {}
@@ -130,10 +130,10 @@ class RetryStrategy:
 
     def reason_to_retry(self, request: httpx.Request, outcome: Outcome) -> str | None:
         """Why this outcome may be retried, or None when it must not be."""
-        if self._attempts < 2:
+        if self.policy.attempts < 2:
             return None
         if isinstance(outcome, httpx.Response):
-            if outcome.status_code in self._retry_on_status and self.safe_to_resend(request):
+            if outcome.status_code in self.policy.retry_on_status and self.safe_to_resend(request):
                 return f"status {outcome.status_code}"
             return None
         if isinstance(outcome, ResilienceError | httpx.PoolTimeout):
@@ -148,121 +148,136 @@ class RetryStrategy:
         self,
         request: httpx.Request,
         first: Outcome,
-        attempt: Attempt,
+        send: Attempt,
         *,
         deadline: float | None,
-        breaker_open: Callable[[], bool],
         observer: RetryObserver,
     ) -> httpx.Response:
-        """Retry after a retryable ``first`` outcome; return or raise the final outcome."""
-        pending: list[Outcome] = [first]
-        last: list[Outcome] = [first]  # what to hand back if a retry is refused
+        """Retry after a retryable ``first`` outcome; return or raise the final outcome.
 
-        async def next_attempt() -> httpx.Response:
-            if pending:  # the first attempt, already made outside tenacity
-                outcome = pending.pop()
+        Each pass hands tenacity the outcome in hand; it decides whether to retry,
+        how long to wait and whether to stop (``_RetryDecisions``), and sleeps;
+        the next pass sends again. A retry refused before anything was sent (the
+        breaker opened, the rate limit or the deadline cannot fit it) ends the
+        loop with the outcome already in hand (see :func:`_hand_back`), and so
+        does a retry the deadline cuts short.
+        """
+        decisions = _RetryDecisions(self, request, deadline, observer)
+        outcome: Outcome = first
+        async for attempt in decisions.retrying():
+            if attempt.retry_state.attempt_number > 1:
+                try:
+                    outcome = await send()
+                except _ENDS_THE_RETRIES as refusal:
+                    return _hand_back(outcome, refusal)
+                except Exception as error:
+                    outcome = error
+            with attempt:
                 if isinstance(outcome, BaseException):
                     raise outcome
-                return outcome
-            try:
-                response = await attempt()
-            except (CircuitOpenError, RateLimitedError) as refusal:
-                # Refused before anything was sent (the breaker opened, or the rate
-                # limit can't fit it in time): the outcome we already have is the answer.
-                # (The pipeline has reported the refusal.)
-                raise _Refused(last[0], refusal) from None
-            except DeadlineExceededError as expired:
-                # The deadline ran out during a retry: a response already in hand
-                # (a 503, say) tells the caller more than the timeout does.
-                if isinstance(last[0], httpx.Response):
-                    raise _Refused(last[0], expired) from None
-                last[0] = expired
-                raise
-            except BaseException as error:
-                last[0] = error
-                raise
-            last[0] = response
-            return response
-
-        def retryable(state: RetryCallState) -> bool:
-            outcome = _outcome_of(state)
-            if isinstance(outcome, _Refused):
-                return False
-            return self.reason_to_retry(request, outcome) is not None
-
-        def wait(state: RetryCallState) -> float:
-            outcome = _outcome_of(state)
-            if self._policy.respect_retry_after and isinstance(outcome, httpx.Response):
-                asked = retry_after_seconds(outcome)
-                if asked is not None:
-                    return asked
-            return float(self._wait_backoff(state))
-
-        def stop(state: RetryCallState) -> bool:
-            if state.attempt_number >= self._policy.attempts:
-                return True
-            wait = state.upcoming_sleep
-            if deadline is not None and monotonic() + wait >= deadline:
-                # It could only fail later: hand back what we have now.
-                observer.retry_refused(
-                    "deadline", f"a retry in {wait:.3f}s would pass the deadline"
-                )
-                return True
-            if deadline is None and wait > RETRY_AFTER_CAP:
-                return True
-            if breaker_open():
-                observer.retry_refused("breaker", "the circuit breaker is open")
-                return True
-            if not self.budget.try_spend():  # last: it consumes a token
-                observer.retry_refused("retry_budget", "the retry budget is spent")
-                return True
-            return False
-
-        async def before_sleep(state: RetryCallState) -> None:
-            outcome = _outcome_of(state)
-            reason = self.reason_to_retry(request, outcome) or "unknown"
-            self.retries_by_reason[reason] = self.retries_by_reason.get(reason, 0) + 1
-            observer.retrying(reason, state.upcoming_sleep)
             if isinstance(outcome, httpx.Response):
-                # Read a small body so the connection goes back to the pool and the
-                # response can still be handed back if the next try is refused; a
-                # large one is closed (its connection with it) before we try again.
-                await _drain(outcome)
+                attempt.retry_state.set_result(outcome)
+        # tenacity stopped: the last outcome is the call's.
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-        def give_up(state: RetryCallState) -> httpx.Response:
-            outcome = _outcome_of(state)
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
 
-        retrying = tenacity.AsyncRetrying(
-            retry=retryable,
-            wait=wait,
-            stop=stop,
-            before_sleep=before_sleep,
-            retry_error_callback=give_up,
+# A retry the breaker or the rate limit refused before sending (the pipeline has
+# reported it), or that the deadline cut short: the outcome in hand is the answer.
+_ENDS_THE_RETRIES = (CircuitOpenError, RateLimitedError, DeadlineExceededError)
+
+
+class _RetryDecisions:
+    """tenacity's questions about one call, answered by the dependency's retry policy."""
+
+    __slots__ = ("_deadline", "_observer", "_request", "_strategy")
+
+    def __init__(
+        self,
+        strategy: RetryStrategy,
+        request: httpx.Request,
+        deadline: float | None,
+        observer: RetryObserver,
+    ) -> None:
+        self._strategy = strategy
+        self._request = request
+        self._deadline = deadline
+        self._observer = observer
+
+    def retrying(self) -> tenacity.AsyncRetrying:
+        # A fresh one per call: tenacity keeps statistics in a thread-local that
+        # every task of the loop would share.
+        return tenacity.AsyncRetrying(
+            retry=self.retryable,
+            wait=self.wait,
+            stop=self.stop,
+            before_sleep=self.before_sleep,
+            # Stopping is not an error: the loop hands back the last outcome.
+            retry_error_callback=_stopped,
             sleep=asyncio.sleep,
         )
-        try:
-            return await retrying(next_attempt)
-        except _Refused as refused:
-            previous = refused.previous
-            if isinstance(previous, httpx.Response) and _readable(previous):
-                return previous
-            if isinstance(previous, BaseException) and not isinstance(
-                refused.refusal, DeadlineExceededError
-            ):
-                raise previous from None
-            raise refused.refusal from None
+
+    def retryable(self, state: RetryCallState) -> bool:
+        return self._strategy.reason_to_retry(self._request, _outcome_of(state)) is not None
+
+    def wait(self, state: RetryCallState) -> float:
+        outcome = _outcome_of(state)
+        if self._strategy.policy.respect_retry_after and isinstance(outcome, httpx.Response):
+            asked = retry_after_seconds(outcome)
+            if asked is not None:
+                return asked
+        return float(self._strategy.wait_backoff(state))
+
+    def stop(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self._strategy.policy.attempts:
+            return True
+        wait, deadline, observer = state.upcoming_sleep, self._deadline, self._observer
+        if deadline is not None and monotonic() + wait >= deadline:
+            # It could only fail later: hand back what we have now.
+            observer.retry_refused("deadline", f"a retry in {wait:.3f}s would pass the deadline")
+            return True
+        if deadline is None and wait > RETRY_AFTER_CAP:
+            return True
+        if observer.breaker_open():
+            observer.retry_refused("breaker", "the circuit breaker is open")
+            return True
+        if not self._strategy.budget.try_spend():  # last: it consumes a token
+            observer.retry_refused("retry_budget", "the retry budget is spent")
+            return True
+        return False
+
+    async def before_sleep(self, state: RetryCallState) -> None:
+        outcome = _outcome_of(state)
+        reason = self._strategy.reason_to_retry(self._request, outcome) or "unknown"
+        counts = self._strategy.retries_by_reason
+        counts[reason] = counts.get(reason, 0) + 1
+        self._observer.retrying(reason, state.upcoming_sleep)
+        if isinstance(outcome, httpx.Response):
+            # Read a small body so the connection goes back to the pool and the
+            # response can still be handed back if the next try is refused; a
+            # large one is closed (its connection with it) before we try again.
+            await _drain(outcome)
 
 
-class _Refused(Exception):
-    """A retry refused before sending; carries the outcome the call already had."""
+def _stopped(state: RetryCallState) -> None:
+    return None
 
-    def __init__(self, previous: Outcome, refusal: Exception) -> None:
-        super().__init__(str(refusal))
-        self.previous = previous
-        self.refusal = refusal
+
+def _hand_back(previous: Outcome, refusal: Exception) -> httpx.Response:
+    """The answer when a retry was refused before sending: the outcome already in hand.
+
+    A response already read (a 503, say) tells the caller more than the refusal;
+    a previous error is re-raised, unless the deadline ran out, which is then the
+    call's error.
+    """
+    if isinstance(previous, httpx.Response):
+        if _readable(previous):
+            return previous
+        raise refusal from None
+    if isinstance(refusal, DeadlineExceededError):
+        raise refusal from None
+    raise previous from None
 
 
 # Bodies up to this size are read before a retry, so the response can be returned later.

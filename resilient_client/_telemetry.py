@@ -27,7 +27,7 @@ import contextvars
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -46,10 +46,7 @@ from ._exceptions import DeadlineExceededError
 from ._settings import TelemetrySettings
 from ._version import __version__
 
-if TYPE_CHECKING:
-    from ._pipeline import DependencyPipeline
-
-__all__ = ["METRICS", "CallTelemetry", "Telemetry", "redacted_url"]
+__all__ = ["METRICS", "CallTelemetry", "ObservedDependency", "Telemetry", "redacted_url"]
 
 SCOPE = "resilient_client"
 DEPENDENCY = "resilient_client.dependency"
@@ -108,6 +105,20 @@ METRICS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
         (DEPENDENCY,),
     ),
 }
+
+
+class ObservedDependency(Protocol):
+    """What the observable instruments read of a dependency (a pipeline, in practice)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def breaker_state(self) -> str: ...
+
 
 _BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 # Buckets for seconds, as the HTTP semantic conventions advise for client durations.
@@ -225,14 +236,14 @@ class _Instruments:
     ) -> Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]:
         def callback(options: metrics.CallbackOptions) -> Iterator[metrics.Observation]:
             for client in list(self.clients):
-                for pipeline in client.pipelines():
+                for dependency in client.dependencies():
                     if what == "breaker":
-                        value = _BREAKER_STATE_VALUE[pipeline.breaker_state]
+                        value = _BREAKER_STATE_VALUE[dependency.breaker_state]
                     elif what == "in_flight":
-                        value = pipeline.in_flight
+                        value = dependency.in_flight
                     else:
-                        value = pipeline.queued
-                    yield metrics.Observation(value, {DEPENDENCY: pipeline.name})
+                        value = dependency.queued
+                    yield metrics.Observation(value, {DEPENDENCY: dependency.name})
 
         return callback
 
@@ -262,18 +273,17 @@ class Telemetry:
     def __init__(
         self,
         settings: TelemetrySettings,
-        pipelines: Callable[[], Iterable[DependencyPipeline]],
         *,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.settings = settings
-        self.pipelines = pipelines
+        # What the observable instruments report on: nothing until observe().
+        self.dependencies: Callable[[], Iterable[ObservedDependency]] = tuple
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         self.instruments = _instruments_for(meter_provider)
-        self.instruments.clients.add(self)
         name = settings.request_id_header
         self.request_id_header = None if name is None else HeaderSlot(name)
         # A provider given to the client is used as given; the global ones may change.
@@ -282,6 +292,15 @@ class Telemetry:
         self._attempt_transports: weakref.WeakKeyDictionary[
             httpx.AsyncBaseTransport, httpx.AsyncBaseTransport
         ] = weakref.WeakKeyDictionary()
+
+    def observe(self, dependencies: Callable[[], Iterable[ObservedDependency]]) -> None:
+        """Report these dependencies' state in the observable instruments.
+
+        ``dependencies`` is called from a metric reader's thread: it must return
+        a snapshot, not a view of a table the event loop may be changing.
+        """
+        self.dependencies = dependencies
+        self.instruments.clients.add(self)
 
     def close(self) -> None:
         """The client is closed: its dependencies leave the observed metrics."""

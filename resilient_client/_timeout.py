@@ -70,11 +70,6 @@ class TimeoutStrategy:
     def __init__(self, dependency: str, policy: TimeoutPolicy) -> None:
         self._dependency = dependency
         self._policy = policy
-        # Plain attributes of the frozen policy: read on every call, and a pydantic
-        # model's attribute reads go through its __getattr__ hook.
-        self._total = policy.total
-        self._attempt_limit = policy.attempt
-        self._connect = policy.connect
         # The phase bounds of the last httpx timeouts seen: a client sends the same
         # ones on almost every request, so they are worked out once.
         self._last_configured: Mapping[str, float | None] = {}
@@ -89,7 +84,7 @@ class TimeoutStrategy:
         dependency with a shorter budget gets that shorter budget.
         """
         in_force = deadline_in_force()
-        total = self._total
+        total = self._policy.total
         if total is None:
             return in_force
         own = monotonic() + total
@@ -97,7 +92,7 @@ class TimeoutStrategy:
 
     def attempt_time_left(self, call_deadline: float | None) -> float | None:
         """Seconds an attempt starting now may take (None: unbounded): what we tell downstream."""
-        attempt = self._attempt_limit
+        attempt = self._policy.attempt
         if call_deadline is None:
             return attempt
         left = call_deadline - monotonic()
@@ -120,7 +115,7 @@ class TimeoutStrategy:
         now = monotonic()
         limit = call_deadline
         attempt_bound = False
-        attempt = self._attempt_limit
+        attempt = self._policy.attempt
         if attempt is not None:
             attempt_end = now + attempt
             if limit is None or attempt_end < limit:
@@ -133,9 +128,9 @@ class TimeoutStrategy:
             configured = configured.configured  # a redirect carries the last hop's bounds
         bounds = self._last_bounds
         if configured != self._last_configured:
-            bounds = self._last_bounds = PhaseBounds(configured, self._connect)
+            bounds = self._last_bounds = PhaseBounds(configured, self._policy.connect)
             self._last_configured = dict(configured)
-        timeouts = LiveTimeouts(configured, limit, self._connect, now, bounds=bounds)
+        timeouts = LiveTimeouts(configured, limit, self._policy.connect, now, bounds=bounds)
         request.extensions = {**extensions, "timeout": timeouts}
         return AttemptGuard(
             self, timeouts, bounds.by_phase["read"], call_deadline, limit, attempt_bound, now
@@ -143,7 +138,7 @@ class TimeoutStrategy:
 
     def attempt_timed_out(self, request: httpx.Request) -> httpx.TimeoutException:
         return httpx.TimeoutException(
-            f"attempt exceeded timeout.attempt={self._attempt_limit}s "
+            f"attempt exceeded timeout.attempt={self._policy.attempt}s "
             f"(dependency {self._dependency!r})",
             request=request,
         )
