@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -312,3 +316,29 @@ async def test_a_run_stops_at_its_call_budget() -> None:
     (run,) = result.runs
     assert run.logs["host"].outcomes == [OK] * 7
     assert run.received["host"]["outcomes"] == {"ok": 7}
+
+
+@pytest.fixture(scope="module")
+def healthy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """A tiny ``bench --scenario healthy --no-plots``: its report and what it printed to stderr."""
+    out = tmp_path_factory.mktemp("healthy")
+    argv = ["bench", "--scenario", "healthy", "--duration", "1", "--clients", "httpx,defaults"]
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err):
+        for name in list(os.environ):
+            if name.upper().startswith("RESILIENT_CLIENT_"):
+                patch.delenv(name)
+        assert main([*argv, "--no-plots", "--out", str(out)]) == 0
+    return json.loads((out / "bench.json").read_text(encoding="utf-8")), err.getvalue()
+
+
+def test_a_healthy_host_gets_one_upstream_request_per_call_from_every_client(
+    healthy_run: tuple[dict[str, Any], str],
+) -> None:
+    # No retries on a healthy host: the warm-up's requests are not the run's.
+    results = healthy_run[0]["scenarios"]["healthy"]["results"]
+    for key, result in results.items():
+        api = result["hosts"]["api"]
+        assert api["calls"] > 100, key
+        assert api["upstream"]["requests"] == api["calls"], key
+        assert api["upstream"]["per_call"] == 1.0, key

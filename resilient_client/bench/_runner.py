@@ -14,7 +14,8 @@ random draws) is restarted just before a client starts::
     then:               read the server's counts; compute each client's figures
 
 ``healthy`` measures overhead, so it instead alternates the clients in short
-segments (A B C, C B A, ...) with every client open and warm throughout, and
+segments (A B C, C B A, ...) with every client open and warm throughout (the
+server's counts restart after the warm-up, which is not part of the run), and
 takes the median of the per-segment ratios: the machine's speed drifts from one
 second to the next, and only figures measured side by side survive that.
 
@@ -234,12 +235,13 @@ async def _alternate(
     try:
         for index, (run, client) in enumerate(zip(runs, clients, strict=True)):
             run.description = client.describe()
-            await upstream.restart_clock(*ports_of(index))
             # Warm-up: connections open, code paths taken, before anything is measured.
             warm = ClientRun(run.spec, {name: CallLog() for name in run.logs})
             await _segment(
                 client, warm, urls_of(index), streams, options, min(0.3, segment), 0.0, _Quiet()
             )
+        # The server counts from here: the warm-up's requests are not the run's.
+        await upstream.restart_clock()
         for number in range(scenario.segments):
             order = list(range(len(runs)))
             if number % 2:
