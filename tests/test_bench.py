@@ -15,7 +15,12 @@ import pytest
 
 from resilient_client.bench._cli import build_parser, main
 from resilient_client.bench._clients import client_specs
-from resilient_client.bench._figures import amplification_between, recovery_time
+from resilient_client.bench._figures import (
+    amplification_between,
+    host_timeline,
+    recovery_time,
+    requests_after,
+)
 from resilient_client.bench._load import NOT_SENT, OK, UNFINISHED, CallLog
 from resilient_client.bench._runner import run_scenario
 from resilient_client.bench._scenarios import BenchOptions, Scenario, Stream
@@ -180,7 +185,9 @@ def test_a_tiny_outage_run_writes_the_report_and_plots(
         assert dep["upstream"]["answered"].get("outage", 0) > 0
         timeline = result["timeline"]["hosts"]["dep"]
         assert sum(row["calls"] for row in timeline) == dep["calls"]
-        assert sum(row["upstream_requests"] for row in timeline) == dep["upstream"]["requests"]
+        after_load = result["timeline"]["after_load"]["dep"]["upstream_requests"]
+        drawn = sum(row["upstream_requests"] for row in timeline)
+        assert drawn + after_load == dep["upstream"]["requests"]
         headline = outage["headline"][key]
         assert {"success_ratio", "p99_ms", "upstream_per_call", "outages"} <= set(headline)
         assert {"per_call", "recovery_s", "failed"} <= set(headline["outages"][0])
@@ -342,3 +349,14 @@ def test_a_healthy_host_gets_one_upstream_request_per_call_from_every_client(
         assert api["calls"] > 100, key
         assert api["upstream"]["requests"] == api["calls"], key
         assert api["upstream"]["per_call"] == 1.0, key
+
+
+def test_requests_after_the_load_are_not_drawn_as_load() -> None:
+    log = _log((0.1, OK), (0.6, OK), (1.9, OK))
+    # Buckets of 0.1 s: 5 requests in the first half second, 3 late in the run and 7
+    # after the load ended at 2.0 s (retries, queued requests sent late).
+    received = {"timeline": {"2": {"ok": 5}, "19": {"ok": 3}, "20": {"ok": 4}, "31": {"ok": 3}}}
+    rows = host_timeline(log, received, bucket=0.1, window=0.5, until=2.0)
+    assert [row["upstream_requests"] for row in rows] == [5, 0, 0, 3]
+    assert [row["calls"] for row in rows] == [1, 1, 0, 1]
+    assert requests_after(received, bucket=0.1, until=2.0) == 7

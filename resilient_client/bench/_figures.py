@@ -1,7 +1,8 @@
 """The bench's figures, from the calls' logs and the upstream's counts.
 
 Per host: counts, errors by type, latency percentiles and upstream requests per
-call (:func:`host_figures`); the same per time window (:func:`host_timeline`);
+call (:func:`host_figures`); the same per time window of the load
+(:func:`host_timeline`) and the requests after it (:func:`requests_after`);
 requests per call within an outage (:func:`amplification_between`); how long
 calls kept failing after it (:func:`recovery_time`); the breaker's states as
 sampled (:func:`breaker_timeline`); and each client's CPU cost (:func:`overhead`).
@@ -28,6 +29,7 @@ __all__ = [
     "host_timeline",
     "overhead",
     "recovery_time",
+    "requests_after",
     "window_of",
 ]
 
@@ -69,7 +71,13 @@ def window_of(duration: float) -> float:
 def host_timeline(
     log: CallLog, received: Mapping[str, Any], bucket: float, window: float, until: float
 ) -> list[dict[str, Any]]:
-    """Per window (by the calls' start): calls, ok, p50/p99, errors by type, server requests."""
+    """Per window of ``[0, until)``: calls (by their start), ok, p50/p99, errors by type,
+    and the requests the server received in it.
+
+    Calls all start before ``until``, when the load ends; requests the server
+    received from then on (retries, calls queued in the client) are not load in
+    any window: :func:`requests_after` counts them.
+    """
     count = max(1, math.ceil(until / window))
     latencies: list[list[float]] = [[] for _ in range(count)]
     outcomes: list[Counter[str]] = [Counter() for _ in range(count)]
@@ -80,9 +88,9 @@ def host_timeline(
             latencies[index].append(latency)
     requests = [0] * count
     for key, slot in received.get("timeline", {}).items():
-        # Like the calls, anything after the last window (the drain) counts in the last one.
-        index = min(count - 1, int(int(key) * bucket / window + 1e-9))
-        requests[index] += sum(slot.values())
+        if not _after(int(key), bucket, until):  # those are requests_after()'s
+            index = min(count - 1, int(int(key) * bucket / window + 1e-9))
+            requests[index] += sum(slot.values())
     rows = []
     for index in range(count):
         levels = latency_summary(latencies[index], _WINDOW_LEVELS)
@@ -98,6 +106,20 @@ def host_timeline(
             }
         )
     return rows
+
+
+def requests_after(received: Mapping[str, Any], bucket: float, until: float) -> int:
+    """Requests the server received after the load ended at ``until`` (in buckets from then)."""
+    return sum(
+        sum(slot.values())
+        for key, slot in received.get("timeline", {}).items()
+        if _after(int(key), bucket, until)
+    )
+
+
+def _after(index: int, bucket: float, until: float) -> bool:
+    """Whether the server's bucket ``index`` begins at or after ``until``."""
+    return index * bucket >= until - 1e-9
 
 
 def recovery_time(

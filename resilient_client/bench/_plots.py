@@ -9,7 +9,9 @@ Four PNG files per scenario, each with one colour per client throughout:
 ``<scenario>-breaker.png``     each client's breaker state per host over time (closed,
                                half-open, open), as sampled from ``client.health()``
 ``<scenario>-load.png``        offered calls/s (dashed) against requests/s the upstream
-                               received (solid), per host: retry amplification made visible
+                               received (solid), per host: retry amplification made visible;
+                               requests received after the load ended are counted in a
+                               note, not drawn as load
 =============================  ==============================================================
 
 matplotlib is imported only here, and only when plots are drawn, so the rest of
@@ -170,12 +172,31 @@ def _load(name: str, scenario: dict[str, Any], labels: dict[str, str]) -> Figure
                 label=f"{labels[key]} upstream",
             )
         _mark_outage(ax, scenario)
+        _note_after_load(ax, scenario, host, labels)
         ax.set_title(f"host '{host}'", fontsize=10)
         ax.set_xlabel("seconds into the run")
         ax.set_ylabel("per second")
         ax.legend(fontsize=7, ncols=2)
         ax.grid(True, alpha=0.3)
     return figure
+
+
+def _note_after_load(ax: Axes, scenario: dict[str, Any], host: str, labels: dict[str, str]) -> None:
+    """Requests the host received after the load ended, in words: they are not load."""
+    counts = {
+        labels[key]: result["timeline"]["after_load"][host]["upstream_requests"]
+        for key, result in scenario["results"].items()
+    }
+    if any(counts.values()):
+        listed = ", ".join(f"{label} {count}" for label, count in counts.items())
+        ax.text(
+            0.01,
+            0.02,
+            f"upstream requests after the load ended (not drawn): {listed}",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="#555555",
+        )
 
 
 def _mark_outage(ax: Axes, scenario: dict[str, Any]) -> None:

@@ -9,7 +9,10 @@ plotted again later. Its shape::
     scenarios  {name: {title, duration_s, load, hosts {name: profile}, outage_s?,
                        headline {client: {...the figures that answer the scenario...}},
                        results {client: {elapsed_s, cut_short, cpu_us_per_call,
-                                         hosts {name: figures}, timeline {...}, breaker [...]}}}}
+                                         hosts {name: figures}, breaker [...],
+                                         timeline {window_s, hosts {name: [window...]},
+                                                   after_load {name: {from_s,
+                                                                      upstream_requests}}}}}}}
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ._figures import (
     host_timeline,
     overhead,
     recovery_time,
+    requests_after,
     window_of,
 )
 from ._load import OK
@@ -109,6 +113,16 @@ def _client_result(result: ScenarioResult, run: ClientRun, cost: dict[str, Any])
         )
         for name, log in run.logs.items()
     }
+    # Requests the server received once the load had ended: not load in any window.
+    after_load = {
+        name: {
+            "from_s": duration,
+            "upstream_requests": requests_after(
+                {} if segmented else run.received[name], result.bucket, duration
+            ),
+        }
+        for name in run.logs
+    }
     return {
         "elapsed_s": round(run.wall, 3),
         "cut_short": run.cut_short,
@@ -116,7 +130,7 @@ def _client_result(result: ScenarioResult, run: ClientRun, cost: dict[str, Any])
         "hosts": {
             name: host_figures(log, run.received[name], duration) for name, log in run.logs.items()
         },
-        "timeline": {"window_s": window, "hosts": timeline},
+        "timeline": {"window_s": window, "hosts": timeline, "after_load": after_load},
         "breaker": breaker_timeline(run, run.dependency_names()),
     }
 
