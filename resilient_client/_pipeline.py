@@ -56,7 +56,7 @@ from ._breaker import CircuitBreaker, Permit
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._correlation import HeaderSlot, format_time_left
-from ._deadline import monotonic
+from ._deadline import callers_deadline, monotonic
 from ._exceptions import CircuitOpenError, DeadlineExceededError, RateLimitedError, ResilienceError
 from ._logging import RejectionLog
 from ._pools import DependencyPools, PoolLease
@@ -207,7 +207,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
                 raise guard.failed(error, request, interrupted)  # noqa: B904
             guard.succeeded()
         except BaseException as error:
-            self._record_error(error, permit, lease)
+            self._record_error(error, permit, lease, call)
             call.attempt_ended(started, error)
             raise
         call.attempt_ended(started, response)
@@ -252,13 +252,17 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             transport = self._telemetry.attempt_transport(transport)
         return transport, lease
 
-    def _record_error(self, error: BaseException, permit: Permit, lease: PoolLease | None) -> None:
+    def _record_error(
+        self, error: BaseException, permit: Permit, lease: PoolLease | None, call: _Call
+    ) -> None:
         """What an attempt that raised tells the breaker and the pool; the lease ends."""
         if not isinstance(error, Exception):  # cancelled: the caller gave up
             self._breaker.record_ignored(permit)  # which says nothing of the dependency
             if lease is not None:
                 lease.interrupted()
-        elif _is_local(error):
+        elif _is_local(error) or (
+            isinstance(error, DeadlineExceededError) and call.deadline_is_the_callers()
+        ):
             self._breaker.record_ignored(permit)
             if lease is not None and _waited_for_connection(error):
                 lease.pool_timed_out()
@@ -424,6 +428,13 @@ class _Call:
         """The call's steps are over (its body may still be read)."""
         if self.telemetry is not None:
             self.telemetry.exit()
+
+    def deadline_is_the_callers(self) -> bool:
+        """Whether the caller's own deadline, tighter than the dependency's
+        ``timeout.total``, is the one this call has (its expiry is then the
+        caller's impatience, not the dependency's failure)."""
+        callers = callers_deadline()
+        return callers is not None and self.deadline is not None and callers <= self.deadline
 
     def end(self, result: httpx.Response | BaseException) -> None:
         if self.telemetry is not None:
