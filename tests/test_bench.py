@@ -19,7 +19,6 @@ from resilient_client.bench._figures import (
     amplification_between,
     host_timeline,
     recovery_time,
-    requests_after,
 )
 from resilient_client.bench._load import NOT_SENT, OK, UNFINISHED, CallLog
 from resilient_client.bench._runner import run_scenario
@@ -351,7 +350,23 @@ def test_a_healthy_host_gets_one_upstream_request_per_call_from_every_client(
         assert api["upstream"]["per_call"] == 1.0, key
 
 
+def test_the_healthy_timeline_sums_to_the_totals(
+    healthy_run: tuple[dict[str, Any], str],
+) -> None:
+    results = healthy_run[0]["scenarios"]["healthy"]["results"]
+    for key, result in results.items():
+        api = result["hosts"]["api"]
+        rows = result["timeline"]["hosts"]["api"]
+        after = result["timeline"]["after_load"]["api"]["upstream_requests"]
+        assert sum(row["calls"] for row in rows) == api["calls"], key
+        assert sum(row["upstream_requests"] for row in rows) + after == api["upstream"]["requests"]
+        # Load in every segment: no window of the run is without upstream requests.
+        assert all(row["upstream_requests"] > 0 for row in rows), (key, rows)
+
+
 def test_requests_after_the_load_are_not_drawn_as_load() -> None:
+    from resilient_client.bench._figures import requests_after
+
     log = _log((0.1, OK), (0.6, OK), (1.9, OK))
     # Buckets of 0.1 s: 5 requests in the first half second, 3 late in the run and 7
     # after the load ended at 2.0 s (retries, queued requests sent late).

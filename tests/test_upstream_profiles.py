@@ -264,6 +264,23 @@ async def test_an_outage_in_its_own_process_counted_over_time() -> None:
     assert upstream.returncode is not None
 
 
+async def test_setting_a_port_clock_moves_its_timeline_and_keeps_its_counts() -> None:
+    async with UpstreamProcess(profiles=[Profile(name="dep")], bucket=0.1) as upstream:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            await upstream.restart_clock(0)
+            await client.get(upstream.url(0))
+            # As a client measured in segments does: its next segment is 5 s into its run.
+            await upstream.set_clock(0, at=5.0)
+            await client.get(upstream.url(0))
+        stats = await upstream.stats()
+    dep = stats["ports"][str(upstream.ports[0])]
+    assert dep["outcomes"] == {"ok": 2}
+    first, second = sorted(int(bucket) for bucket in dep["timeline"])
+    # Buckets of 0.1 s; the shared machine may delay a request by a bucket or two.
+    assert first < 10
+    assert 50 <= second < 60
+
+
 def test_the_process_takes_either_ports_or_profiles() -> None:
     with pytest.raises(ValueError, match="give one or other"):
         UpstreamProcess(3, profiles=[Profile()])

@@ -105,21 +105,15 @@ def _client_result(result: ScenarioResult, run: ClientRun, cost: dict[str, Any])
     """One client's figures in one scenario: per host, over time, its breakers, its cost."""
     duration = result.duration
     window = window_of(duration)
-    # Alternating segments leave gaps in the server's clock: no load timeline for those.
-    segmented = result.scenario.segments > 1
     timeline = {
-        name: host_timeline(
-            log, {} if segmented else run.received[name], result.bucket, window, duration
-        )
+        name: host_timeline(log, run.received[name], result.bucket, window, duration)
         for name, log in run.logs.items()
     }
     # Requests the server received once the load had ended: not load in any window.
     after_load = {
         name: {
             "from_s": duration,
-            "upstream_requests": requests_after(
-                {} if segmented else run.received[name], result.bucket, duration
-            ),
+            "upstream_requests": requests_after(run.received[name], result.bucket, duration),
         }
         for name in run.logs
     }

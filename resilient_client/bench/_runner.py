@@ -15,7 +15,9 @@ random draws) is restarted just before a client starts::
 
 ``healthy`` measures overhead, so it instead alternates the clients in short
 segments (A B C, C B A, ...) with every client open and warm throughout (the
-server's counts restart after the warm-up, which is not part of the run), and
+server's counts restart after the warm-up, which is not part of the run, and
+each segment sets the server's clock to the run's time, so one timeline spans
+a client's segments), and
 takes the median of the per-segment ratios: the machine's speed drifts from one
 second to the next, and only figures measured side by side survive that.
 
@@ -252,6 +254,8 @@ async def _alternate(
                     scenario.name, f"{run.spec.label} ({number + 1}/{scenario.segments})", segment
                 )
                 offset = number * segment
+                # The server's timeline then runs in the run's time, gaps left out.
+                await upstream.set_clock(*ports_of(index), at=offset)
                 await _segment(
                     clients[index], run, urls_of(index), streams, options, segment, offset, progress
                 )

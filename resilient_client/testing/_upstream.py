@@ -23,7 +23,7 @@ Retry-After, outages at given times, gradual degradation), whatever its query
 string, so one request path plays a host with a behaviour over time.
 
 It counts requests per port and keeps the headers of the most recent ones, so
-tests and benchmarks measure load at the server. Two control paths answer on
+tests and benchmarks measure load at the server. Three control paths answer on
 every port and are not counted:
 
 ``GET /__stats``   the counts as JSON, for a client in another process: the
@@ -33,6 +33,10 @@ every port and are not counted:
 ``GET /__start``   restart this port's clock, counts and random generator
                    (``?all=1``: every port's), so the next client meets the
                    host from its beginning
+``GET /__clock``   ``?at=T``: set this port's counting clock to read T seconds
+                   now, keeping its counts and its profile's state, so that a
+                   client measured in segments with gaps between them gets one
+                   timeline in its own time
 
 Only 127.0.0.1 is ever bound.
 
@@ -61,7 +65,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl
 
-from ._profiles import Action, Profile, ProfileState, profiles_from_json, profiles_to_json
+from ._profiles import Profile, ProfileState, profiles_from_json, profiles_to_json
+from ._wire import answer_as_profiled, read_body, status_head
 
 __all__ = ["RecordedRequest", "Upstream", "UpstreamProcess", "UpstreamThread"]
 
@@ -70,17 +75,11 @@ HOST = "127.0.0.1"
 STATS_PATH = "/__stats"
 # GET this path on a port to restart its clock (?all=1: every port's).
 START_PATH = "/__start"
+# GET this path on a port with ?at=T to set its counting clock to read T seconds now.
+CLOCK_PATH = "/__clock"
 # Width in seconds of one bucket of the per-port timelines in the stats.
 DEFAULT_BUCKET = 0.1
 _MAX_HEAD = 64 * 1024
-_REASONS = {
-    200: "OK",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +160,10 @@ class Upstream:
         if state is not None:
             state.restart(now)
 
+    def set_clock(self, port: int, at: float) -> None:
+        """Make the port's counting clock read ``at`` seconds now; counts and profile stay."""
+        self._clocks[port].epoch = time.monotonic() - at
+
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
@@ -224,15 +227,12 @@ class Upstream:
         for line in header_lines:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        body = await _read_body(reader, headers)
+        body = await read_body(reader, headers)
         keep_alive = headers.get("connection", "").lower() != "close"
         path, _, query = target.partition("?")
-        if path in (STATS_PATH, START_PATH):
+        if path in (STATS_PATH, START_PATH, CLOCK_PATH):
             # How a benchmark in another process reads the counts; not counted itself.
-            if path == START_PATH:
-                for each in self.ports if query == "all=1" else [port]:
-                    self.restart_clock(each)
-            answer = json.dumps(self.stats() if path == STATS_PATH else {"restarted": True})
+            answer = json.dumps(self._control(port, path, dict(parse_qsl(query))))
             writer.write(
                 f"HTTP/1.1 200 OK\r\nContent-Length: {len(answer)}\r\n"
                 f"Content-Type: application/json\r\n\r\n{answer}".encode()
@@ -246,7 +246,7 @@ class Upstream:
         if state is not None:
             action = state.decide(now)
             self._clocks[port].count(action.counted_as, now, self.bucket)
-            return await _answer(action, state.profile, reader, writer) and keep_alive
+            return await answer_as_profiled(action, state.profile, reader, writer) and keep_alive
 
         options = dict(parse_qsl(query))
         self._clocks[port].count(_query_label(options), now, self.bucket)
@@ -268,7 +268,7 @@ class Upstream:
             )
             if key in options
         )
-        head = _head(status, size, extra)
+        head = status_head(status, size, extra)
         if "drip_head" in options:
             interval = float(options["drip_head"])
             for index in range(len(head)):
@@ -288,13 +288,16 @@ class Upstream:
         await writer.drain()
         return keep_alive
 
-
-def _head(status: int, size: int, extra: str = "") -> bytes:
-    reason = _REASONS.get(status, "Status")
-    return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Length: {size}\r\n"
-        f"Content-Type: text/plain\r\n{extra}\r\n".encode("latin-1")
-    )
+    def _control(self, port: int, path: str, options: dict[str, str]) -> dict[str, Any]:
+        """Carry out a control request; its JSON answer."""
+        if path == START_PATH:
+            for each in self.ports if options.get("all") == "1" else [port]:
+                self.restart_clock(each)
+            return {"restarted": True}
+        if path == CLOCK_PATH:
+            self.set_clock(port, float(options["at"]))
+            return {"clock": float(options["at"])}
+        return self.stats()
 
 
 def _query_label(options: dict[str, str]) -> str:
@@ -309,51 +312,6 @@ def _query_label(options: dict[str, str]) -> str:
     if status == 429:
         return "throttled"
     return "ok" if status < 400 else "error"
-
-
-async def _answer(
-    action: Action, profile: Profile, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> bool:
-    """Answer one request as its profile decided; whether the connection may be reused."""
-    kind = action.kind
-    if kind == "reset":
-        writer.transport.abort()
-        return False
-    if kind == "hang":
-        # Wait for the client to give up (EOF) rather than forever, so that hung
-        # handlers end with their connections; closed without an answer after hang_for.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reader.read(1), action.delay)
-        return False
-    if action.delay > 0:
-        await asyncio.sleep(action.delay)
-    if kind == "drip":
-        writer.write(_head(200, profile.drip_bytes))
-        for _ in range(profile.drip_bytes):
-            await writer.drain()
-            await asyncio.sleep(profile.drip_interval)
-            writer.write(b"x")
-    else:
-        extra = "" if action.retry_after is None else f"Retry-After: {action.retry_after}\r\n"
-        writer.write(_head(action.status, profile.body_size, extra))
-        writer.write(b"x" * profile.body_size)
-    await writer.drain()
-    return True
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-    if "content-length" in headers:
-        return await reader.readexactly(int(headers["content-length"]))
-    if headers.get("transfer-encoding", "").lower() != "chunked":
-        return b""
-    chunks: list[bytes] = []
-    while True:
-        size_line = await reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        chunk = await reader.readexactly(size + 2)
-        if size == 0:
-            return b"".join(chunks)
-        chunks.append(chunk[:-2])
 
 
 class UpstreamThread:
@@ -394,7 +352,8 @@ class UpstreamProcess:
 
     With ``profiles`` it listens on one port per profile (``None``: a
     query-string port), the profiles passed as JSON on its command line; ``ports``
-    is then left out. :meth:`stats` and :meth:`restart_clock` use its control paths.
+    is then left out. :meth:`stats`, :meth:`restart_clock` and :meth:`set_clock` use its
+    control paths.
     """
 
     def __init__(
@@ -496,6 +455,11 @@ class UpstreamProcess:
             await self._control(self.ports[0], START_PATH + "?all=1")
         for index in indexes:
             await self._control(self.ports[index], START_PATH)
+
+    async def set_clock(self, *indexes: int, at: float) -> None:
+        """Set the counting clocks of the ports at these indexes to read ``at`` seconds now."""
+        for index in indexes:
+            await self._control(self.ports[index], f"{CLOCK_PATH}?at={at!r}")
 
     async def _control(self, port: int, target: str, timeout: float = 10.0) -> bytes:
         """One control request on a connection of its own; the answer's body."""
