@@ -18,11 +18,12 @@ from resilient_client.bench._clients import client_specs
 from resilient_client.bench._figures import (
     amplification_between,
     host_timeline,
+    overhead,
     recovery_time,
 )
 from resilient_client.bench._load import NOT_SENT, OK, UNFINISHED, CallLog
-from resilient_client.bench._runner import run_scenario
-from resilient_client.bench._scenarios import BenchOptions, Scenario, Stream
+from resilient_client.bench._runner import ClientRun, ScenarioResult, run_scenario
+from resilient_client.bench._scenarios import SCENARIOS, BenchOptions, Scenario, Stream
 from resilient_client.bench._stats import latency_summary, percentile
 from resilient_client.testing._profiles import Profile
 
@@ -375,3 +376,29 @@ def test_requests_after_the_load_are_not_drawn_as_load() -> None:
     assert [row["upstream_requests"] for row in rows] == [5, 0, 0, 3]
     assert [row["calls"] for row in rows] == [1, 1, 0, 1]
     assert requests_after(received, bucket=0.1, until=2.0) == 7
+
+
+def _segmented(*segments: tuple[str, list[tuple[int, float, float]]]) -> ScenarioResult:
+    runs = []
+    for key, per_segment in segments:
+        run = ClientRun(client_specs([key])[0], {})
+        run.segments = per_segment
+        runs.append(run)
+    scenario = SCENARIOS["healthy"]
+    return ScenarioResult(scenario, BenchOptions(), 1.0, scenario.streams, {}, runs, 0.1)
+
+
+def test_the_cpu_ratio_is_the_ratio_of_the_cpu_figures_beside_it() -> None:
+    # (calls, CPU seconds, wall seconds) per segment; the machine was busy during bare
+    # httpx's second segment. Each client's figure is its median, the ratio theirs.
+    result = _segmented(
+        ("httpx", [(100, 0.10, 1.0), (100, 0.30, 1.0), (100, 0.10, 1.0)]),
+        ("defaults", [(100, 0.12, 1.0), (100, 0.20, 1.0), (100, 0.12, 1.0)]),
+    )
+    figures = overhead(result)
+    base, mine = figures["httpx"], figures["defaults"]
+    assert base["cpu_us_per_call"] == 1000.0
+    assert mine["cpu_us_per_call"] == 1200.0
+    assert mine["cpu_ratio_vs_httpx"] == pytest.approx(1.2)
+    assert mine["calls_per_s"] == base["calls_per_s"] == 100.0
+    assert mine["throughput_ratio_vs_httpx"] == pytest.approx(1.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._load import OK, CallLog, sent
@@ -187,33 +187,36 @@ def breaker_timeline(run: ClientRun, names: Mapping[str, str]) -> list[dict[str,
 
 
 def overhead(result: ScenarioResult, baseline: str = "httpx") -> dict[str, Any]:
-    """CPU per call and throughput of each client against ``baseline``, segment by segment."""
-    by_key = {run.spec.key: run for run in result.runs}
-    base = by_key.get(baseline)
+    """Each client's CPU per call and calls per second, and their ratios to ``baseline``'s.
+
+    Each figure is the median over the client's segments (healthy alternates the
+    clients in segments; the other scenarios have one), so that a segment the
+    machine disturbed moves it little; each ratio is the ratio of the figures,
+    so it agrees with the numbers printed beside it.
+    """
+    medians = {run.spec.key: _segment_medians(run.segments) for run in result.runs}
+    base_cpu, base_rate = medians.get(baseline, (None, None))
     figures: dict[str, Any] = {}
-    for run in result.runs:
-        calls = sum(s[0] for s in run.segments)
-        cpu = sum(s[1] for s in run.segments)
-        wall = sum(s[2] for s in run.segments)
+    for key, (cpu, rate) in medians.items():
         entry: dict[str, Any] = {
-            "cpu_us_per_call": round(cpu / calls * 1e6, 1) if calls else None,
-            "calls_per_s": round(calls / wall, 1) if wall else None,
+            "cpu_us_per_call": None if cpu is None else round(cpu * 1e6, 1),
+            "calls_per_s": None if rate is None else round(rate, 1),
         }
-        if base is not None and run is not base:
-            cpu_ratios = [
-                (mine[1] / mine[0]) / (theirs[1] / theirs[0])
-                for mine, theirs in zip(run.segments, base.segments, strict=False)
-                if mine[0] and theirs[0] and theirs[1] > 0
-            ]
-            rate_ratios = [
-                (mine[0] / mine[2]) / (theirs[0] / theirs[2])
-                for mine, theirs in zip(run.segments, base.segments, strict=False)
-                if mine[0] and theirs[0] and mine[2] > 0 and theirs[2] > 0
-            ]
-            if cpu_ratios:
-                entry["cpu_ratio_vs_httpx"] = round(statistics.median(cpu_ratios), 3)
-                entry["cpu_ratio_segments"] = [round(r, 3) for r in cpu_ratios]
-            if rate_ratios:
-                entry["throughput_ratio_vs_httpx"] = round(statistics.median(rate_ratios), 3)
-        figures[run.spec.key] = entry
+        if key != baseline and cpu is not None and base_cpu:
+            entry["cpu_ratio_vs_httpx"] = round(cpu / base_cpu, 3)
+        if key != baseline and rate is not None and base_rate:
+            entry["throughput_ratio_vs_httpx"] = round(rate / base_rate, 3)
+        figures[key] = entry
     return figures
+
+
+def _segment_medians(
+    segments: Sequence[tuple[int, float, float]],
+) -> tuple[float | None, float | None]:
+    """The median CPU seconds per call and calls per second over (calls, CPU s, wall s)."""
+    cpu = [seconds / calls for calls, seconds, _ in segments if calls]
+    rate = [calls / wall for calls, _, wall in segments if calls and wall > 0]
+    return (
+        statistics.median(cpu) if cpu else None,
+        statistics.median(rate) if rate else None,
+    )

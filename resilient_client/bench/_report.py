@@ -358,7 +358,8 @@ def explain(name: str, scenario: dict[str, Any], labels: dict[str, str]) -> list
 # How to read each scenario's table, in a sentence or two.
 NOTES = {
     "healthy": "CPU per call is the whole client process (the load generator too, the same for "
-    "every client): read the ratio, measured in alternating segments, not the microseconds.",
+    "every client), the median over segments that alternate the clients: read the ratio to "
+    "bare httpx rather than the microseconds.",
     "slow-dependency": "With one shared pool, calls to the slow host take every connection and "
     "the healthy host's calls queue behind them; a pool and a bulkhead per host keep it apart, "
     "and calls beyond the bulkhead fail fast instead of piling up.",

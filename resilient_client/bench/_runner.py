@@ -14,12 +14,12 @@ random draws) is restarted just before a client starts::
     then:               read the server's counts; compute each client's figures
 
 ``healthy`` measures overhead, so it instead alternates the clients in short
-segments (A B C, C B A, ...) with every client open and warm throughout (the
-server's counts restart after the warm-up, which is not part of the run, and
-each segment sets the server's clock to the run's time, so one timeline spans
-a client's segments), and
-takes the median of the per-segment ratios: the machine's speed drifts from one
-second to the next, and only figures measured side by side survive that.
+segments (A B C, C B A, ...) with every client open and warm throughout, and
+reports each client's median over its segments: the machine's speed drifts from
+one second to the next, and only figures measured side by side survive that.
+The server's counts restart once every client is warm (the warm-up is not part
+of the run), and each segment sets the server's clock to its place in the run,
+so one timeline spans a client's segments.
 
 Every run is bounded three ways: by time (``duration``, then ``grace``, then
 whatever is left is cancelled and counted as unfinished), by a count of calls
