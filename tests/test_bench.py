@@ -365,6 +365,13 @@ def test_the_healthy_timeline_sums_to_the_totals(
         assert all(row["upstream_requests"] > 0 for row in rows), (key, rows)
 
 
+def test_no_plots_lists_no_plots(healthy_run: tuple[dict[str, Any], str]) -> None:
+    printed = healthy_run[1]
+    assert "bench.json" in printed
+    assert "plot" not in printed
+    assert ".png" not in printed
+
+
 def test_requests_after_the_load_are_not_drawn_as_load() -> None:
     from resilient_client.bench._figures import requests_after
 

@@ -473,8 +473,10 @@ def _run_bench(args: argparse.Namespace) -> int:
         written = _write(report, args.out, plots=not args.no_plots)
     except OSError as exc:
         return _fail(command, f"cannot write to {str(args.out)!r}: {exc}")
-    _progress(f"done in {time.perf_counter() - started:.1f} s; wrote {len(written)} files")
-    _progress(f"figures: {written[0]}; plots: {args.out}/<scenario>-<plot>.png")
+    files = f"{len(written)} file{'' if len(written) == 1 else 's'}"
+    _progress(f"done in {time.perf_counter() - started:.1f} s; wrote {files}")
+    plots = "" if args.no_plots else f"; plots: {args.out}/<scenario>-<plot>.png"
+    _progress(f"figures: {written[0]}{plots}")
     return _cut_short(results, strict=args.strict)
 
 
