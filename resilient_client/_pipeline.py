@@ -9,35 +9,41 @@ of :class:`DependencyPipeline`::
                            (the client opens a scope around the whole logical
                            call, so redirects, auth round trips and the body
                            read share one budget)
+    pace                   a slot of the configured rate limit, then of the
+                           adaptive throttle (off until a 429), within the
+                           deadline (_pace)
     admit                  refuse a call whose deadline has passed; take a
                            bulkhead permit, or wait in its bounded queue, or fail
                            fast (_admit_at_once, _wait_for_permit)
     send                   the first attempt; only a retryable outcome starts
-                           the retry loop, RetryStrategy.run (_send)
+                           the retry loop, RetryStrategy.run, whose every retry
+                           is paced again (_send, _paced_attempt)
       attempt              per attempt sent (_attempt):
-        rate limit         a slot of the dependency's rate, after any
-                           Retry-After pause (_wait_for_rate_limit)
         admit the attempt  the deadline, then the breaker: fails fast while open,
                            capped probes when half-open (_admit_attempt)
+        tell the time left the deadline header (_stamp_time_left)
         timeouts           httpx's per-phase timeouts shrunk to the time left,
                            bounded by timeout.attempt and timeout.connect, and a
                            backstop at the limit (TimeoutStrategy.begin)
         transport          the dependency's own pool for the URL's route, leased
                            until the body closes; or the user's own transport or
                            mount, as given (_transport_for)
-        record             the outcome, for the breaker; a 429's Retry-After
-                           for the rate limit (_record_error, _record_response)
+        record             the outcome, for the breaker; a 429 for the throttle
+                           (_record_error, _record_response)
         wrap the body      every read bounded by the deadline; closing it ends
                            the pool lease (_wrap_body)
     release                the permit, and the call's telemetry, end when the
                            final response's body closes: an open body holds a
                            connection (_hand_over)
 
-Why this order: the deadline must see everything, queueing included. The
-bulkhead sits outside retries so a call's retries never take a second permit
-(retries cannot multiply concurrency). Retries sit outside the rate limit and
-the breaker so each attempt is counted and admitted on its own: a retry never
-slips past an open breaker or over the rate.
+Why this order: the deadline must see everything, queueing included. Pacing
+comes before the bulkhead: a call waiting for its slot of a rate is not in
+flight to the dependency, and must not hold a permit that a call ready to go
+could use (with a permit held, calls waiting out a quota filled the bulkhead and
+the rest failed with BulkheadFullError). The bulkhead sits outside retries so a
+call's retries never take a second permit (retries cannot multiply
+concurrency). Each retry is paced and admitted by the breaker on its own: a
+retry never slips past an open breaker or over the rate.
 
 Deliberately outside: deciding *which* dependency a URL belongs to (the
 registry), and the httpx features around a single request (auth flows,
@@ -61,9 +67,10 @@ from ._exceptions import CircuitOpenError, DeadlineExceededError, RateLimitedErr
 from ._logging import RejectionLog
 from ._pools import DependencyPools, PoolLease
 from ._ratelimit import RateLimiter
-from ._retry import RETRY_AFTER_CAP, RetryStrategy, retry_after_seconds
+from ._retry import RetryStrategy
 from ._settings import DependencyPolicy
 from ._telemetry import CallTelemetry, Telemetry
+from ._throttle import AdaptiveThrottle
 from ._timeout import DeadlineBody, TimeoutStrategy
 from ._transports import HTTPXTransportFactory, Route, TransportFactory
 
@@ -98,6 +105,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self._retry = RetryStrategy(name, policy.retry, budget)
         self._breaker = CircuitBreaker(name, policy.breaker)
         self._rate_limit = RateLimiter(name, policy.rate_limit)
+        self._throttle = AdaptiveThrottle(name)
         self._pools = DependencyPools(
             name, transport_factory, limits, policy.bulkhead.max_concurrent
         )
@@ -123,6 +131,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             self._telemetry.start_call(self.name, request),
         )
         try:
+            if not (self._rate_limit.unlimited_now and self._throttle.off):
+                await self._pace(call)  # before the permit: waiting for the rate holds none
             if not self._admit_at_once(call):
                 await self._wait_for_permit(call)
             try:
@@ -169,9 +179,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             if retry.reason_to_retry(request, response) is None:
                 return response
             first = response
-        return await retry.run(
-            request, first, partial(self._attempt, call), deadline=call.deadline, observer=call
-        )
+        paced_attempt = partial(self._paced_attempt, call)
+        return await retry.run(request, first, paced_attempt, deadline=call.deadline, observer=call)
 
     def _hand_over(self, call: _Call, response: httpx.Response) -> httpx.Response:
         """The permit and the call's telemetry end when the body closes."""
@@ -187,11 +196,16 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
     # -- one attempt: admit it, send it within its timeouts, record it, wrap the body --
 
+    async def _paced_attempt(self, call: _Call) -> httpx.Response:
+        """A retry: its own slot of the rate, then the attempt."""
+        if not (self._rate_limit.unlimited_now and self._throttle.off):
+            await self._pace(call)
+        return await self._attempt(call)
+
     async def _attempt(self, call: _Call) -> httpx.Response:
-        """One attempt: rate limit, breaker, timeouts, the pool; its outcome recorded."""
-        if not self._rate_limit.unlimited_now:
-            await self._wait_for_rate_limit(call)
+        """One attempt: breaker, timeouts, the pool; its outcome recorded."""
         permit = self._admit_attempt(call)
+        self._throttle.sent()
         request = call.request
         self._stamp_time_left(call)
         started = call.attempt_started()
@@ -214,9 +228,11 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self._record_response(response, permit)
         return self._wrap_body(response, call, lease, guard.read_bound)
 
-    async def _wait_for_rate_limit(self, call: _Call) -> None:
+    async def _pace(self, call: _Call) -> None:
+        """A slot of the configured rate limit, then of the adaptive throttle."""
         try:
             await self._rate_limit.acquire(call.deadline)
+            await self._throttle.acquire(call.deadline)
         except RateLimitedError as refusal:
             raise call.refused("rate_limit", refusal) from None
 
@@ -272,20 +288,15 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             lease.release()
 
     def _record_response(self, response: httpx.Response, permit: Permit) -> None:
-        """What a response tells the breaker, and a 429's ``Retry-After`` the rate limit."""
+        """What a response tells the breaker, and a 429 the throttle."""
         status = response.status_code
         if status >= 500:
             self._breaker.record_failure(permit)
         elif status == 429:
             # Healthy, and we are over our quota: not the breaker's business (it
-            # would refuse calls the quota admits, for longer than asked). The
-            # Retry-After pause and the rate limit are what answer a 429.
+            # would refuse calls the quota admits). The throttle answers a 429.
             self._breaker.record_ignored(permit)
-            if self.policy.retry.respect_retry_after:
-                pause = retry_after_seconds(response)
-                if pause is not None:
-                    # Everyone backs off together instead of each finding the limit.
-                    self._rate_limit.pause_until(monotonic() + min(pause, RETRY_AFTER_CAP))
+            self._throttle.throttled()
         else:
             self._breaker.record_success(permit)
 
@@ -390,6 +401,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
                 "retries_by_reason": dict(self._retry.retries_by_reason),
             },
             "rate_limit": self._rate_limit.health(),
+            "throttle": self._throttle.health(),
             "pool": {
                 "max_connections": limits.max_connections,
                 "max_keepalive": limits.max_keepalive_connections,

@@ -1,14 +1,8 @@
-"""Client-side rate limit and Retry-After pauses for one dependency.
+"""Client-side rate limit for one dependency: the rate its settings give.
 
-Two things can hold an attempt back before it is sent, both shared by every
-caller of the dependency:
-
-pause       a 429 with ``Retry-After`` pauses the whole dependency until the time
-            it names (``pause_until``), so concurrent callers back off together
-            instead of each finding out with a 429 of its own. A later pause can
-            only extend it. It applies with or without a rate limit.
-rate limit  at most ``rate`` attempts per ``period`` (``RateLimitPolicy``), as strict
-            spacing: one attempt every ``period / rate`` seconds.
+At most ``rate`` attempts per ``period`` (``RateLimitPolicy``), shared by every
+caller of the dependency, as strict spacing: one attempt every ``period / rate``
+seconds. (What a 429 teaches is the adaptive throttle's business: _throttle.py.)
 
 Why strict spacing: aiolimiter's bucket starts empty, so ``AsyncLimiter(rate,
 period)`` lets the first ``rate`` calls through at once, and again after every
@@ -23,11 +17,11 @@ made up. Measured on a lightly loaded 2-core machine: about 2% short at 50/s, 6%
 200/s, 15% at 1000/s; more when the CPU is saturated.
 
 Waiting is bounded by the call's deadline. A call whose wait is already known to
-end past the deadline (a pause that lasts beyond it, or a queue of waiters ahead
-of it that does) fails at once with :class:`RateLimitedError` instead of waiting
-to fail; a wait that runs late anyway ends at the deadline with the same error.
-A waiter that is cancelled or gives up never takes a slot. A call that needs no
-wait is never refused here, even past its deadline: the deadline layer owns that.
+end past the deadline (a queue of waiters ahead of it that does) fails at once
+with :class:`RateLimitedError` instead of waiting to fail; a wait that runs late
+anyway ends at the deadline with the same error. A waiter that is cancelled or
+gives up never takes a slot. A call that needs no wait is never refused here,
+even past its deadline: the deadline layer owns that.
 
 The rate limit is paced by the event loop's clock (aiolimiter reads
 ``loop.time()``); ``clock`` must advance with it (the default, ``time.monotonic``,
@@ -50,10 +44,10 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """The pause and the rate limit of one dependency; ``acquire()`` once per attempt sent.
+    """The rate limit of one dependency; ``acquire()`` once per attempt sent.
 
-    Without a pause, an unlimited dependency's ``acquire()`` and a limited one's
-    with a free slot return without yielding to the event loop.
+    An unlimited dependency's ``acquire()``, and a limited one's with a free
+    slot, return without yielding to the event loop.
     """
 
     __slots__ = (
@@ -62,7 +56,6 @@ class RateLimiter:
         "_interval",
         "_limiter",
         "_next_free",
-        "_paused_until",
         "_policy",
         "_waiting",
     )
@@ -77,9 +70,6 @@ class RateLimiter:
         self._dependency = dependency
         self._policy = policy
         self._clock = clock
-        # None when no pause is in force: the hot path then tests one attribute
-        # instead of reading the clock.
-        self._paused_until: float | None = None
         self._limiter: AsyncLimiter | None = None
         self._interval = 0.0
         if policy is not None:
@@ -92,18 +82,16 @@ class RateLimiter:
 
     @property
     def unlimited_now(self) -> bool:
-        """No rate limit and no pause in force: ``acquire()`` would return at once."""
-        return self._limiter is None and self._paused_until is None
+        """No rate limit: ``acquire()`` would return at once."""
+        return self._limiter is None
 
     async def acquire(self, deadline: float | None) -> None:
-        """Wait out any pause, then take a slot of the rate limit.
+        """Take a slot of the rate limit.
 
         ``deadline`` is an absolute time on ``clock`` (None: wait as long as it
         takes). Raises :class:`RateLimitedError` at once when the wait would end
         past it, or when it passes during a wait that ran late.
         """
-        if self._paused_until is not None:
-            await self._wait_out_pause(deadline)
         limiter = self._limiter
         if limiter is None:
             return
@@ -114,49 +102,14 @@ class RateLimiter:
             return
         await self._wait_for_slot(limiter, deadline)
 
-    def pause_until(self, until: float) -> None:
-        """Hold back every attempt until ``until`` (on ``clock``); never shortens a pause."""
-        if until <= self._clock():
-            return
-        if self._paused_until is None or until > self._paused_until:
-            self._paused_until = until
-
     def health(self) -> dict[str, object]:
-        """A JSON-serialisable snapshot of the limit (None: unlimited) and any pause.
-
-        ``waiting`` counts the callers queued for a slot, not those sleeping through a pause.
-        """
+        """A JSON-serialisable snapshot of the limit (None: unlimited) and its queue."""
         policy = self._policy
         return {
             "rate": None if policy is None else policy.rate,
             "period": None if policy is None else policy.period,
-            "paused_for": round(self._pause_left(self._clock()), 3),
             "waiting": self._waiting,
         }
-
-    def _pause_left(self, now: float) -> float:
-        until = self._paused_until
-        if until is None:
-            return 0.0
-        if until <= now:
-            self._paused_until = None  # over: back to the fast path
-            return 0.0
-        return until - now
-
-    async def _wait_out_pause(self, deadline: float | None) -> None:
-        # A loop, because the pause may be extended while this caller sleeps.
-        while True:
-            now = self._clock()
-            left = self._pause_left(now)
-            if left <= 0:
-                return
-            if deadline is not None and now + left >= deadline:
-                raise RateLimitedError(
-                    self._dependency,
-                    f"paused for {left:.3f}s more after a 429 with Retry-After, "
-                    f"past the call's deadline ({_time_left(deadline, now)} left)",
-                )
-            await asyncio.sleep(left)
 
     async def _wait_for_slot(self, limiter: AsyncLimiter, deadline: float | None) -> None:
         now = self._clock()

@@ -5,7 +5,9 @@ The decisions, in the order they are taken after an attempt:
 1. Is the outcome retryable at all?
    - an error where the request never reached the server (connect error or
      connect timeout): for any method;
-   - a retryable status (``retry_on_status``), a read/write timeout, or a dropped
+   - a 429 (when in ``retry_on_status``): for any method, since the request was
+     not processed;
+   - another retryable status (``retry_on_status``), a read/write timeout, or a dropped
      connection: only when resending is safe — an idempotent method (GET, HEAD,
      OPTIONS, PUT, DELETE, TRACE) or an ``Idempotency-Key`` header. A POST that
      may have reached the server is never sent twice on our own initiative;
@@ -133,9 +135,13 @@ class RetryStrategy:
         if self.policy.attempts < 2:
             return None
         if isinstance(outcome, httpx.Response):
-            if outcome.status_code in self.policy.retry_on_status and self.safe_to_resend(request):
-                return f"status {outcome.status_code}"
-            return None
+            status = outcome.status_code
+            if status not in self.policy.retry_on_status:
+                return None
+            # A 429 says the request was not processed: as safe to resend as a
+            # request that never left.
+            safe = replayable(request) if status == 429 else self.safe_to_resend(request)
+            return f"status {status}" if safe else None
         if isinstance(outcome, ResilienceError | httpx.PoolTimeout):
             return None
         if isinstance(outcome, _NEVER_SENT):

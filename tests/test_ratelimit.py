@@ -1,4 +1,4 @@
-"""A dependency's rate limit and Retry-After pauses hold, and never outwait a deadline."""
+"""A dependency's rate limit holds, and never outwaits a deadline."""
 
 from __future__ import annotations
 
@@ -143,62 +143,6 @@ async def test_cancelled_waiters_do_not_consume_slots() -> None:
     assert 0.1 - NOTED <= time.monotonic() - start <= 0.1 + LATE
 
 
-async def test_a_pause_holds_every_caller_until_it_ends() -> None:
-    limiter = _limiter(None)
-    start = time.monotonic()
-    limiter.pause_until(start + 0.2)
-    done: list[float] = []
-
-    async def caller() -> None:
-        await limiter.acquire(start + 5)
-        done.append(time.monotonic())
-
-    await asyncio.gather(*(caller() for _ in range(10)))
-    assert len(done) == 10
-    assert all(start + 0.2 <= t <= start + 0.2 + LATE for t in done), [t - start for t in done]
-
-
-async def test_a_pause_extended_while_waiting_is_waited_out_and_never_shortened() -> None:
-    limiter = _limiter(None)
-    start = time.monotonic()
-    limiter.pause_until(start + 0.1)
-    caller = asyncio.create_task(limiter.acquire(None))
-    await asyncio.sleep(0.05)
-    limiter.pause_until(start + 0.25)  # a second 429 asks for longer
-    limiter.pause_until(start + 0.15)  # a shorter one does not cut it back
-    await caller
-    assert start + 0.25 <= time.monotonic() <= start + 0.25 + LATE
-
-
-async def test_a_pause_past_the_deadline_fails_at_once() -> None:
-    limiter = _limiter(100)
-    start = time.monotonic()
-    limiter.pause_until(start + 1.0)
-    with pytest.raises(rc.RateLimitedError, match="Retry-After") as caught:
-        await limiter.acquire(start + 0.3)
-    assert time.monotonic() - start < PROMPT
-    assert caught.value.dependency == "search"
-    # A pause ending exactly at the deadline leaves no time to send either.
-    with pytest.raises(rc.RateLimitedError):
-        await limiter.acquire(start + 1.0)
-
-
-async def test_a_pause_and_the_rate_limit_apply_in_turn() -> None:
-    limiter = _limiter(10)  # one every 100 ms
-    start = time.monotonic()
-    limiter.pause_until(start + 0.1)
-    done: list[float] = []
-
-    async def caller() -> None:
-        await limiter.acquire(None)
-        done.append(time.monotonic() - start)
-
-    await asyncio.gather(*(caller() for _ in range(3)))
-    # After the pause the callers are spaced, not released together.
-    assert done[0] == pytest.approx(0.1, abs=LATE)
-    assert done[2] - done[0] >= 0.2 - NOTED
-
-
 async def _yields(action: Callable[[], Awaitable[None]]) -> int:
     """How many times another task ran while ``action()`` was awaited 1000 times."""
     ticks = 0
@@ -224,11 +168,6 @@ async def test_an_unlimited_dependency_never_yields() -> None:
     limiter = _limiter(None)
     assert await _yields(lambda: limiter.acquire(None)) == 0
     assert await _yields(lambda: limiter.acquire(time.monotonic() + 1)) == 0
-    # Nor once a pause has passed.
-    limiter.pause_until(time.monotonic() + 0.01)
-    await asyncio.sleep(0.02)
-    assert await _yields(lambda: limiter.acquire(None)) == 0
-    assert limiter.health()["paused_for"] == 0
 
 
 async def test_a_free_slot_is_taken_without_yielding() -> None:
@@ -236,15 +175,9 @@ async def test_a_free_slot_is_taken_without_yielding() -> None:
     assert await _yields(lambda: limiter.acquire(None)) == 0
 
 
-async def test_health_reports_the_limit_and_the_pause() -> None:
+async def test_health_reports_the_limit() -> None:
     unlimited = _limiter(None)
-    assert unlimited.health() == {"rate": None, "period": None, "paused_for": 0.0, "waiting": 0}
-    limited = _limiter(5, period=2.0)
-    limited.pause_until(time.monotonic() + 3)
-    limited.pause_until(time.monotonic() - 1)  # already over: ignored
-    health = limited.health()
-    assert health["rate"] == 5
-    assert health["period"] == 2.0
-    assert isinstance(health["paused_for"], float)
-    assert 2.9 <= health["paused_for"] <= 3.0
+    assert unlimited.health() == {"rate": None, "period": None, "waiting": 0}
+    health = _limiter(5, period=2.0).health()
+    assert health == {"rate": 5, "period": 2.0, "waiting": 0}
     assert json.loads(json.dumps(health)) == health

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 import resilient_client as rc
-from resilient_client.testing._upstream import Upstream
+from resilient_client.testing._profiles import Profile, Throttle
+from resilient_client.testing._upstream import Upstream, UpstreamThread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("clean_resilience_env")]
 
@@ -233,22 +234,50 @@ async def test_a_local_pool_wait_is_neither_retried_nor_counted(upstream: Upstre
     assert _received(upstream) == 1
 
 
-async def test_a_429_with_retry_after_pauses_the_whole_dependency(upstream: Upstream) -> None:
+async def test_a_429_throttles_the_dependency_instead_of_pausing_it(upstream: Upstream) -> None:
     settings = _settings(attempts=1)
     async with rc.AsyncClient(settings=settings) as client:
+        for _ in range(20):
+            await client.get(upstream.url(0))
         await client.get(upstream.url(0, "/?status=429&retry_after=1"))
+        health = client.health()[f"127.0.0.1:{upstream.ports[0]}"]["throttle"]
+        assert health["throttled"] == 1
+        rate = health["rate"]
+        assert rate is not None
         start = time.monotonic()
-        # Concurrent callers wait out the pause together instead of each hitting the limit.
-        responses = await asyncio.gather(*(client.get(upstream.url(0)) for _ in range(5)))
+        # Concurrent callers are paced out one by one at the throttle's rate: not
+        # held back for the whole Retry-After, and not released all at once.
+        responses = await asyncio.gather(*(client.get(upstream.url(0)) for _ in range(4)))
         waited = time.monotonic() - start
         assert all(r.status_code == 200 for r in responses)
-        assert 0.8 <= waited <= 1.2
-        await client.get(upstream.url(0, "/?status=429&retry_after=5"))
-        # A pause longer than the time left fails at once, without waiting.
+        assert 2.5 / rate <= waited < 1.0, (waited, rate)
+        # A slot past the time left fails at once, without waiting.
         start = time.monotonic()
-        with rc.deadline(0.5), pytest.raises(rc.RateLimitedError):
+        with rc.deadline(0.001), pytest.raises(rc.RateLimitedError):
             await client.get(upstream.url(0))
         assert time.monotonic() - start < 0.05
+
+
+async def test_a_429_is_retried_for_any_method_after_its_retry_after() -> None:
+    # One call a second, no burst: the second POST draws a 429 with Retry-After: 1.
+    quota = Profile(throttle=Throttle(rate=1, retry_after=1, burst=1))
+    with UpstreamThread(profiles=[quota]) as server:
+        async with rc.AsyncClient(settings=_settings(attempts=2)) as client:
+            first = await client.post(server.url(0), content=b"order")
+            start = time.monotonic()
+            second = await client.post(server.url(0), content=b"order")
+            waited = time.monotonic() - start
+            retries = client.health()[f"127.0.0.1:{server.ports[0]}"]["retry"]
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert waited >= 0.99  # never earlier than Retry-After
+    assert retries["retries_by_reason"] == {"status 429": 1}
+
+
+async def test_a_post_is_not_retried_after_a_5xx(upstream: Upstream) -> None:
+    async with rc.AsyncClient(settings=_settings(attempts=3)) as client:
+        response = await client.post(upstream.url(0, "/?status=503"), content=b"order")
+    assert response.status_code == 503
+    assert _received(upstream) == 1
 
 
 async def test_rate_limit_holds_its_rate(upstream: Upstream) -> None:

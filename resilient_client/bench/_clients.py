@@ -164,7 +164,7 @@ class _Resilient:
                 "state": health["breaker"]["state"],
                 "in_flight": health["in_flight"],
                 "queued": health["queued"],
-                "paused_for": health["rate_limit"]["paused_for"],
+                "throttle_rate": health["throttle"]["rate"],
             }
             for name, health in self._client.health().items()
         }
