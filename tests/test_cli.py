@@ -82,7 +82,9 @@ def test_the_old_demo_options_are_a_usage_error_not_a_traceback(
         main(["demo", "--slow-callers", "30"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
+    assert err.startswith("usage: resilient-client demo ")
     assert "unrecognized arguments: --slow-callers 30" in err
+    assert "see 'resilient-client demo --help'" in err
     assert "Traceback" not in err
 
 

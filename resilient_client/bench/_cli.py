@@ -206,7 +206,7 @@ def _add_bench(subparsers: Subparsers) -> None:
     _add_client_options(parser)
     _add_load_options(parser, duration="each scenario's own, 10-30 s; the tour's, 3-8 s")
     _add_output_options(parser)
-    parser.set_defaults(run=_run_bench, command="bench")
+    parser.set_defaults(run=_run_bench, command="bench", parser=parser, hint="")
 
 
 def _add_demo(subparsers: Subparsers) -> None:
@@ -221,7 +221,9 @@ def _add_demo(subparsers: Subparsers) -> None:
     _add_client_options(parser)
     _add_load_options(parser, duration=f"{_DEMO:g}")
     _add_output_options(parser)
-    parser.set_defaults(run=_run_bench, command="demo", scenario=None)
+    # Its options before it became a bench scenario (--slow-callers, --json, ...) are gone.
+    hint = f"; demo takes the bench's options now (see '{PROG} demo --help')"
+    parser.set_defaults(run=_run_bench, command="demo", scenario=None, parser=parser, hint=hint)
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -575,10 +577,13 @@ def main(argv: list[str] | None = None) -> int:
     through ``SystemExit``, as argparse does.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     run: Runner | None = getattr(args, "run", None)
     if run is None:
         parser.error(f"give a command, e.g. '{PROG} bench' (see '{PROG} --help')")
+    if unknown:
+        # Said by the command's own parser, so the usage shown is the command's.
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}{args.hint}")
     try:
         return run(args)
     except KeyboardInterrupt:
