@@ -6,7 +6,8 @@ Shape (every section optional; what a dependency leaves out it takes from ``defa
     [default.retry]          attempts, backoff_base, backoff_max, retry_on_status,
                              respect_retry_after, budget_ratio, budget_min_per_second
     [default.breaker]        failure_ratio, minimum_calls, window, consecutive_failures,
-                             open_for, half_open_probes
+                             open_for, open_for_max, open_for_growth, open_for_jitter,
+                             half_open_probes, slow_call_duration, slow_call_ratio
     [default.bulkhead]       max_concurrent, max_queue, queue_timeout
     [default.rate_limit]     rate, period          (absent or null: no rate limit)
     [default.pool]           max_connections, max_keepalive
@@ -105,14 +106,35 @@ class RetryPolicy(_Section):
 
 
 class BreakerPolicy(_Section):
-    """When the circuit opens, how long it stays open, how it probes for recovery."""
+    """When the circuit opens, how long it stays open, how it probes for recovery.
+
+    Each open period lasts ``open_for_growth`` times how long the dependency has been
+    failing (since the circuit first opened, with no closing success since), at least
+    ``open_for`` and at most ``open_for_max``, give or take ``open_for_jitter``.
+    ``slow_call_duration`` (None: off) counts successes slower than it; the circuit
+    opens when slow calls / outcomes in the window reach ``slow_call_ratio``.
+    """
 
     failure_ratio: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
     minimum_calls: int = Field(20, ge=1)
     window: Seconds = 10.0
     consecutive_failures: int | None = Field(10, ge=1)
-    open_for: Seconds = 5.0
+    open_for: Seconds = 0.5
+    open_for_max: Seconds = 30.0
+    open_for_growth: float = Field(0.15, ge=0, le=10, allow_inf_nan=False)
+    open_for_jitter: float = Field(0.1, ge=0, lt=1, allow_inf_nan=False)
     half_open_probes: int = Field(1, ge=1)
+    slow_call_duration: Seconds | None = None
+    slow_call_ratio: float = Field(0.8, gt=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _open_for_ordered(self) -> Self:
+        if self.open_for > self.open_for_max:
+            raise ValueError(
+                f"open_for ({self.open_for}) must be <= open_for_max ({self.open_for_max}): "
+                "open_for is the first and shortest open period, open_for_max the longest"
+            )
+        return self
 
 
 class BulkheadPolicy(_Section):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import httpx
@@ -62,7 +65,13 @@ def _ours(pybreaker_state: str) -> str:
     return pybreaker_state.replace("-", "_")
 
 
-def _breaker(clock: FakeClock, **policy: Any) -> tuple[CircuitBreaker, Transitions]:
+def _no_jitter() -> float:
+    return 0.5  # the middle of the jitter's range: a factor of exactly 1
+
+
+def _breaker(
+    clock: FakeClock, random: Callable[[], float] = _no_jitter, **policy: Any
+) -> tuple[CircuitBreaker, Transitions]:
     defaults: dict[str, Any] = {
         "failure_ratio": 0.5,
         "minimum_calls": 10,
@@ -72,7 +81,7 @@ def _breaker(clock: FakeClock, **policy: Any) -> tuple[CircuitBreaker, Transitio
         "half_open_probes": 1,
     }
     defaults.update(policy)
-    breaker = CircuitBreaker("payments", rc.BreakerPolicy(**defaults), clock=clock)
+    breaker = CircuitBreaker("payments", rc.BreakerPolicy(**defaults), clock=clock, random=random)
     transitions = Transitions()
     breaker.state_machine.add_listener(transitions)
     return breaker, transitions
@@ -206,9 +215,12 @@ def test_open_fails_fast_naming_the_dependency_without_calling_anything() -> Non
     assert breaker.health() == {
         "state": "open",
         "failure_ratio": 1.0,
+        "slow_call_ratio": None,
         "calls_in_window": 2,
         "consecutive_failures": 2,
         "open_for_remaining": 3.2,
+        "open_period": 5.0,
+        "failing_for": 1.8,
         "probes_in_flight": 0,
     }
 
@@ -274,9 +286,12 @@ def test_it_closes_once_every_probe_succeeded_with_a_fresh_window() -> None:
     assert breaker.health() == {
         "state": "closed",
         "failure_ratio": None,
+        "slow_call_ratio": None,
         "calls_in_window": 0,
         "consecutive_failures": 0,
         "open_for_remaining": 0,
+        "open_period": 0,
+        "failing_for": 0,
         "probes_in_flight": 0,
     }
     assert transitions.seen == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
@@ -415,10 +430,13 @@ def test_each_transition_reaches_listeners_and_the_log_exactly_once(
     messages = [r.getMessage() for r in records]
     assert messages[0] == (
         "dependency 'payments': circuit breaker closed -> open "
-        "(opened after 2 consecutive failures)"
+        "(opened after 2 consecutive failures; failing for 0 s, open for 5 s)"
     )
-    assert "open -> half_open (open_for=5 s elapsed" in messages[1]
-    assert "half_open -> open (reopened: a trial call failed)" in messages[2]
+    assert "open -> half_open (open for 5 s; up to 1 trial call(s) at once)" in messages[1]
+    assert (
+        "half_open -> open (reopened: a trial call failed; failing for 5 s, open for 5 s)"
+        in messages[2]
+    )
     assert "half_open -> closed (1 trial call(s) succeeded)" in messages[4]
 
 
@@ -446,9 +464,417 @@ def test_a_failing_listener_neither_fails_the_call_nor_wedges_the_breaker(
     assert breaker.state_machine.current_state == pybreaker.STATE_CLOSED
 
 
+# Open periods: short at first, growing while the dependency keeps failing
+
+
+def _down(breaker: CircuitBreaker, clock: FakeClock, until: float) -> list[float]:
+    """Probe a dependency that stays down until ``until``: the times of its probes."""
+    probes: list[float] = []
+    while True:
+        if breaker.state == "open":
+            # Straight to the end of the period, exactly (health() rounds it).
+            clock.now = min(breaker._open_until, until)
+        if clock.now >= until:
+            return probes
+        probe = breaker.admit()
+        assert probe.probe
+        probes.append(clock.now)
+        breaker.record_failure(probe)
+
+
+def test_the_first_open_period_is_open_for() -> None:
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(clock, consecutive_failures=1, open_for=0.5)
+    _trip(breaker)
+    health = breaker.health()
+    assert (health["open_period"], health["open_for_remaining"], health["failing_for"]) == (
+        0.5,
+        0.5,
+        0.0,
+    )
+    assert breaker.state_machine.reset_timeout == 0.5  # pybreaker mirrors the period
+
+
+def test_each_period_is_growth_times_the_time_failing_so_far_within_the_bounds() -> None:
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(
+        clock, consecutive_failures=1, open_for=0.5, open_for_growth=0.25, open_for_max=4.0
+    )
+    _trip(breaker)
+    probes = _down(breaker, clock, until=40.0)
+    # open_for until 0.25 x failing_for passes it (at 2 s), then x1.25 each time, then 4 s.
+    expected = [0.5, 1.0, 1.5, 2.0, 2.5, 3.125, 3.90625, 4.8828125, 6.103515625]
+    assert probes[: len(expected)] == expected
+    gaps = [b - a for a, b in itertools.pairwise([0.0, *probes])]
+    assert all(0.5 <= gap <= 4.0 for gap in gaps)
+    assert gaps == sorted(gaps)  # growing only, while it keeps failing
+    assert gaps[-1] == 4.0
+    health = breaker.health()
+    assert (health["open_period"], health["failing_for"]) == (4.0, 40.0)
+    assert breaker.state_machine.reset_timeout == 4.0
+
+
+def test_growth_zero_keeps_every_period_at_open_for() -> None:
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(clock, consecutive_failures=1, open_for=2.0, open_for_growth=0.0)
+    _trip(breaker)
+    assert _down(breaker, clock, until=60.0) == [2.0 * n for n in range(1, 30)]
+
+
+def test_a_closing_success_resets_the_period_and_the_failing_time() -> None:
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(clock, consecutive_failures=1, open_for=0.5, open_for_growth=0.5)
+    _trip(breaker)
+    _down(breaker, clock, until=100.0)
+    assert breaker.health()["open_period"] == 30.0
+    clock.advance(30.0)
+    breaker.record_success(breaker.admit())
+    assert _state(breaker) == "closed"
+    assert (breaker.health()["open_period"], breaker.health()["failing_for"]) == (0.0, 0.0)
+    clock.advance(1.0)
+    _trip(breaker)  # a new outage starts short again
+    health = breaker.health()
+    assert (health["open_period"], health["failing_for"]) == (0.5, 0.0)
+
+
+def test_a_trial_success_that_does_not_close_it_keeps_the_failing_time() -> None:
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(
+        clock, consecutive_failures=1, open_for=1.0, open_for_growth=0.5, half_open_probes=2
+    )
+    _trip(breaker)
+    clock.advance(1.0)
+    good, bad = breaker.admit(), breaker.admit()
+    clock.advance(3.0)
+    breaker.record_success(good)
+    breaker.record_failure(bad)
+    health = breaker.health()
+    assert (health["failing_for"], health["open_period"]) == (4.0, 2.0)
+
+
+def test_an_idle_half_open_period_counts_as_failing_time() -> None:
+    # No evidence of recovery while nobody called: the outage is taken to have lasted.
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(clock, consecutive_failures=1, open_for=0.5, open_for_growth=0.2)
+    _trip(breaker)
+    clock.advance(100.0)
+    assert breaker.health()["failing_for"] == 100.0
+    breaker.record_failure(breaker.admit())
+    assert breaker.health()["open_period"] == 20.0
+
+
+def test_jitter_spreads_each_period_within_its_share_and_the_bounds() -> None:
+    clock = FakeClock(0.0)
+    policy = {
+        "consecutive_failures": 1,
+        "open_for": 1.0,
+        "open_for_growth": 0.2,
+        "open_for_jitter": 0.25,
+    }
+    low, _ = _breaker(clock, random=lambda: 0.0, **policy)
+    high, _ = _breaker(clock, random=lambda: 0.999, **policy)
+    for breaker in (low, high):
+        _trip(breaker)
+    # Never shorter than open_for...
+    assert low.health()["open_period"] == 1.0
+    assert high.health()["open_period"] == pytest.approx(1.25, abs=0.001)
+    clock.advance(100.0)
+    for breaker in (low, high):
+        breaker.record_failure(breaker.admit())
+    # ...0.2 x 100 s is 20 s, +-25%...
+    assert low.health()["open_period"] == 15.0
+    assert high.health()["open_period"] == pytest.approx(25.0, abs=0.02)
+    clock.advance(200.0)
+    for breaker in (low, high):
+        breaker.record_failure(breaker.admit())
+    # ...nor longer than open_for_max: 0.2 x 300 s is 60 s, capped at 30 s before the jitter.
+    assert low.health()["open_period"] == 30.0 * 0.75
+    assert high.health()["open_period"] == 30.0
+
+
+def test_replicas_with_their_own_random_source_do_not_probe_in_step() -> None:
+    schedules = []
+    for seed in (1, 2):
+        clock = FakeClock(0.0)
+        breaker, _ = _breaker(
+            clock, random=random.Random(seed).random, consecutive_failures=1, open_for=0.5
+        )
+        _trip(breaker)
+        probes = _down(breaker, clock, until=60.0)
+        gaps = [b - a for a, b in itertools.pairwise([0.0, *probes])]
+        assert all(0.5 <= gap <= 30.0 for gap in gaps)
+        schedules.append(probes)
+    assert schedules[0] != schedules[1]
+
+
+def test_no_jitter_draws_nothing() -> None:
+    def never() -> float:
+        raise AssertionError("drew a random number")
+
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(clock, random=never, consecutive_failures=1, open_for_jitter=0.0)
+    _trip(breaker)
+    _down(breaker, clock, until=30.0)
+
+
+@dataclass
+class Outage:
+    recovered_after: float  # from the host's return to the first success of the rest
+    requests_per_call: float  # upstream requests per call while the host was down
+    probe_gaps: list[float]
+
+
+def _outage(seconds: float, seed: int, rate: int = 100) -> Outage:
+    """Calls at ``rate`` per second, one attempt each, the default policy; the host is
+    down from 1 s for ``seconds``, then answers again. Time in whole milliseconds."""
+    clock = FakeClock(0.0)
+    breaker = CircuitBreaker(
+        "outage", rc.BreakerPolicy(), clock=clock, random=random.Random(seed).random
+    )
+    down_from, back_at = 1000, 1000 + round(seconds * 1000)
+    step = 1000 // rate
+    calls = requests = 0
+    probes: list[float] = []
+    recovered_at: int | None = None
+    for ms in range(0, back_at + 5000 + back_at // 4, step):
+        clock.now = ms / 1000
+        down = down_from <= ms < back_at
+        calls += down
+        try:
+            permit = breaker.admit()
+        except rc.CircuitOpenError:
+            if ms >= back_at:
+                recovered_at = None  # not sustained yet
+            continue
+        requests += down
+        if permit.probe and down:
+            probes.append(clock.now)
+        if down:
+            breaker.record_failure(permit)
+        else:
+            breaker.record_success(permit)
+            if ms >= back_at and recovered_at is None:
+                recovered_at = ms
+    assert recovered_at is not None
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    return Outage((recovered_at - back_at) / 1000, requests / calls, gaps)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 6.0])
+def test_after_a_short_outage_calls_succeed_within_1_5_s_at_little_cost(seconds: float) -> None:
+    # The issue's target, at the breaker's level: 100 calls/s, every phase we try.
+    for seed in range(40):
+        outage = _outage(seconds + seed * 0.0137, seed)
+        assert outage.recovered_after <= 1.5, (seed, outage)
+        assert outage.requests_per_call <= 0.1, (seed, outage)
+
+
+def test_a_long_outage_is_probed_about_every_30_s_and_no_more_often() -> None:
+    outage = _outage(600.0, seed=7)
+    assert outage.requests_per_call < 0.001
+    assert max(outage.probe_gaps) <= 30.01  # calls come every 10 ms
+    assert min(outage.probe_gaps[-10:]) >= 27.0  # the cap, less its jitter
+    assert len(outage.probe_gaps) < 60
+
+
+def test_bad_open_periods_fail_at_load_naming_both_settings() -> None:
+    with pytest.raises(ValueError, match=r"open_for \(40\.0\) must be <= open_for_max \(30\.0\)"):
+        rc.BreakerPolicy(open_for=40.0)
+    with pytest.raises(rc.SettingsError, match="open_for_max"):
+        rc.ResilienceSettings.from_mapping(
+            {"default": {"breaker": {"open_for": 2.0, "open_for_max": 1.0}}}
+        )
+    for bad in (
+        {"open_for_max": 0},
+        {"open_for_growth": -0.1},
+        {"open_for_jitter": 1.0},
+        {"slow_call_duration": 0},
+        {"slow_call_ratio": 0},
+        {"slow_call_ratio": 1.5},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            rc.BreakerPolicy(**bad)
+
+
+def test_the_defaults() -> None:
+    policy = rc.BreakerPolicy()
+    assert (policy.open_for, policy.open_for_max) == (0.5, 30.0)
+    assert (policy.open_for_growth, policy.open_for_jitter) == (0.15, 0.1)
+    assert (policy.slow_call_duration, policy.slow_call_ratio) == (None, 0.8)
+    # An old setting of open_for up to the maximum still loads.
+    assert rc.BreakerPolicy(open_for=30.0).open_for == 30.0
+
+
+# Slow calls
+
+
+def _slow(breaker: CircuitBreaker, clock: FakeClock, outcomes: str, took: float) -> None:
+    """Calls admitted together, finishing ``took`` later: ``s`` succeeds, ``f`` fails."""
+    permits = [(breaker.admit(), outcome) for outcome in outcomes]
+    clock.advance(took)
+    for permit, outcome in permits:
+        if outcome == "f":
+            breaker.record_failure(permit)
+        else:
+            breaker.record_success(permit)
+
+
+def test_slow_successes_open_it_once_their_share_reaches_slow_call_ratio() -> None:
+    clock = FakeClock()
+    breaker, _ = _breaker(
+        clock, slow_call_duration=1.0, slow_call_ratio=0.75, minimum_calls=4, failure_ratio=1.0
+    )
+    _slow(breaker, clock, "ss", took=0.1)
+    _slow(breaker, clock, "sssss", took=1.5)
+    assert _state(breaker) == "closed"  # 5 of 7 slow
+    assert breaker.health()["slow_call_ratio"] == 5 / 7
+    _slow(breaker, clock, "s", took=1.01)  # 6 of 8
+    assert _state(breaker) == "open"
+    with pytest.raises(
+        rc.CircuitOpenError,
+        match=r"opened after 6 slow calls \(over slow_call_duration=1 s\) in 8 calls within 10 s",
+    ):
+        breaker.admit()
+
+
+def test_slow_calls_need_minimum_calls_too() -> None:
+    clock = FakeClock()
+    breaker, _ = _breaker(clock, slow_call_duration=1.0, slow_call_ratio=0.5, minimum_calls=5)
+    _slow(breaker, clock, "ssss", took=2.0)
+    assert _state(breaker) == "closed"
+    assert breaker.health()["slow_call_ratio"] == 1.0
+
+
+def test_a_call_of_exactly_slow_call_duration_is_not_slow() -> None:
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(clock, slow_call_duration=0.5, slow_call_ratio=0.5, minimum_calls=2)
+    _slow(breaker, clock, "ss", took=0.5)
+    assert _state(breaker) == "closed"
+    assert breaker.health()["slow_call_ratio"] == 0.0
+
+
+def test_slow_calls_never_open_it_with_the_rule_off() -> None:
+    clock = FakeClock()
+    breaker, _ = _breaker(clock, minimum_calls=2)
+    _slow(breaker, clock, "ssss", took=600.0)
+    assert _state(breaker) == "closed"
+    assert breaker.health()["slow_call_ratio"] is None
+
+
+def test_with_the_rule_off_a_closed_admission_reads_no_clock() -> None:
+    reads: list[float] = []
+
+    class CountingClock(FakeClock):
+        def __call__(self) -> float:
+            reads.append(self.now)
+            return self.now
+
+    clock = CountingClock()
+    breaker, _ = _breaker(clock)
+    for _ in range(5):
+        breaker.admit()
+    assert reads == []
+    on, _ = _breaker(clock, slow_call_duration=1.0)
+    on.admit()
+    assert len(reads) == 1
+
+
+def test_failures_are_not_slow_calls() -> None:
+    clock = FakeClock()
+    breaker, _ = _breaker(
+        clock, slow_call_duration=1.0, slow_call_ratio=0.5, minimum_calls=4, failure_ratio=1.0
+    )
+    _slow(breaker, clock, "fff", took=5.0)
+    _slow(breaker, clock, "s", took=5.0)
+    assert _state(breaker) == "closed"  # 1 slow of 4: the failures count as failures only
+    assert breaker.health()["slow_call_ratio"] == 0.25
+    assert breaker.failure_ratio() == 0.75
+
+
+def test_a_slow_success_still_ends_a_run_of_failures() -> None:
+    clock = FakeClock()
+    breaker, _ = _breaker(clock, slow_call_duration=1.0, consecutive_failures=3)
+    _record(breaker, "ff")
+    _slow(breaker, clock, "s", took=2.0)
+    _record(breaker, "ff")
+    assert _state(breaker) == "closed"
+
+
+def test_a_fast_success_that_completes_minimum_calls_can_open_it_on_slow_calls() -> None:
+    clock = FakeClock()
+    breaker, _ = _breaker(clock, slow_call_duration=1.0, slow_call_ratio=0.75, minimum_calls=4)
+    _slow(breaker, clock, "sss", took=2.0)
+    _slow(breaker, clock, "s", took=0.1)
+    assert _state(breaker) == "open"
+
+
+def test_a_failure_that_completes_minimum_calls_can_open_it_on_slow_calls() -> None:
+    # Found in review: only successes checked the slow-call share at first.
+    clock = FakeClock()
+    breaker, _ = _breaker(
+        clock, slow_call_duration=1.0, slow_call_ratio=0.75, minimum_calls=4, failure_ratio=1.0
+    )
+    _slow(breaker, clock, "sss", took=2.0)
+    _slow(breaker, clock, "f", took=0.1)
+    assert _state(breaker) == "open"
+    with pytest.raises(rc.CircuitOpenError, match="3 slow calls"):
+        breaker.admit()
+
+
+def test_when_failures_and_slow_calls_both_reach_their_share_it_opens_once() -> None:
+    clock = FakeClock()
+    breaker, transitions = _breaker(
+        clock, slow_call_duration=1.0, slow_call_ratio=0.5, minimum_calls=4, failure_ratio=0.25
+    )
+    _slow(breaker, clock, "f", took=0.1)
+    _slow(breaker, clock, "sss", took=2.0)
+    assert transitions.seen == [("closed", "open")]
+    with pytest.raises(rc.CircuitOpenError, match="1 failures in 4 calls"):
+        breaker.admit()
+
+
+def test_a_slow_trial_call_reopens_it_with_a_longer_period() -> None:
+    clock = FakeClock(0.0)
+    breaker, transitions = _breaker(
+        clock,
+        slow_call_duration=1.0,
+        consecutive_failures=1,
+        open_for=1.0,
+        open_for_growth=0.5,
+    )
+    _trip(breaker)
+    clock.advance(3.0)
+    _slow(breaker, clock, "s", took=1.25)
+    assert _state(breaker) == "open"
+    assert transitions.seen[-1] == ("half_open", "open")
+    health = breaker.health()
+    assert (health["open_period"], health["failing_for"]) == (2.125, 4.25)
+    with pytest.raises(
+        rc.CircuitOpenError,
+        match=r"reopened: a trial call was slow \(1\.25 s > slow_call_duration=1 s\)",
+    ):
+        breaker.admit()
+    clock.advance(2.125)
+    _slow(breaker, clock, "s", took=1.0)  # not slow: closes
+    assert _state(breaker) == "closed"
+
+
+def test_slow_calls_leave_the_window_with_their_slice() -> None:
+    clock = FakeClock(0.0)
+    breaker, _ = _breaker(clock, slow_call_duration=1.0, slow_call_ratio=0.5, minimum_calls=4)
+    _slow(breaker, clock, "ss", took=2.0)
+    clock.advance(10.0)
+    assert breaker.health()["slow_call_ratio"] is None
+    _slow(breaker, clock, "ss", took=2.0)
+    _slow(breaker, clock, "s", took=0.1)
+    assert _state(breaker) == "closed"  # 2 of 3 slow: the first two are gone
+    _slow(breaker, clock, "s", took=0.1)
+    assert _state(breaker) == "open"  # 2 of 4: at the share
+
+
 # The rules as a model, checked against every sequence hypothesis can find
 
-TICK = 0.125  # the clock moves in exact binary steps, so model and breaker agree on time
+TICK = Fraction(1, 8)  # the clock moves in exact binary steps, so model and breaker agree on time
 SLICE_TICKS = 4  # the window below is _WINDOW_SLICES slices of 0.5 s
 WINDOW = _WINDOW_SLICES * SLICE_TICKS * TICK
 # Failures twice as likely as each of the others, so runs reach open and half-open often.
@@ -462,10 +888,18 @@ class Ticket:
     permit: Permit
     period: int
     probe: bool
+    admitted: int  # ticks
     recorded: bool = False
 
 
 class BreakerModel(RuleBasedStateMachine):
+    """The rules restated as simply as possible, in exact fractions of a second.
+
+    Every number the breaker computes with is a small binary fraction here (ticks of
+    1/8 s, growth and jitter in eighths), so its floats are exact and the model can ask
+    for equality, boundaries included.
+    """
+
     tickets = Bundle("tickets")
 
     def __init__(self) -> None:
@@ -473,12 +907,16 @@ class BreakerModel(RuleBasedStateMachine):
         self.ticks = 0
         self.clock = FakeClock(0.0)
         self.stored: BreakerState = "closed"
-        self.open_until = 0  # ticks
-        self.outcomes: list[tuple[int, bool]] = []  # (slice index, failed)
+        self.open_until = Fraction(0)
+        self.open_period = Fraction(0)  # the current (or last) one; 0 while closed
+        self.failing_since: Fraction | None = None
+        self.periods: list[Fraction] = []  # of the current failing episode, unjittered
+        self.outcomes: list[tuple[int, bool, bool]] = []  # (slice index, failed, slow)
         self.consecutive = 0
         self.probes = 0
         self.successes = 0
         self.period = 0
+        self.draw = Fraction(1, 2)  # what the breaker's random source returns next
         self.expected: list[tuple[str, str]] = []
 
     @initialize(
@@ -486,7 +924,12 @@ class BreakerModel(RuleBasedStateMachine):
         minimum_calls=st.integers(1, 6),
         consecutive_failures=st.sampled_from([None, 1, 2, 3]),
         open_for_ticks=st.integers(1, 24),
+        extra_ticks=st.sampled_from([0, 1, 8, 40, 400]),
+        growth=st.sampled_from([0, 0.125, 0.25, 0.5, 1.0]),
+        jitter=st.sampled_from([0, 0.125, 0.25]),
         half_open_probes=st.integers(1, 3),
+        slow_ticks=st.sampled_from([None, 0, 1, 3, 8]),
+        slow_call_ratio=st.sampled_from([0.25, 0.5, 1.0]),
     )
     def build(
         self,
@@ -494,29 +937,52 @@ class BreakerModel(RuleBasedStateMachine):
         minimum_calls: int,
         consecutive_failures: int | None,
         open_for_ticks: int,
+        extra_ticks: int,
+        growth: float,
+        jitter: float,
         half_open_probes: int,
+        slow_ticks: int | None,
+        slow_call_ratio: float,
     ) -> None:
+        self.open_for = open_for_ticks * TICK
+        self.open_for_max = (open_for_ticks + extra_ticks) * TICK
+        self.growth = Fraction(growth)
+        self.jitter = Fraction(jitter)
+        # slow_call_duration must be > 0: 0 ticks stands for the smallest, 1/64 s.
+        self.slow: Fraction | None = None
+        if slow_ticks is not None:
+            self.slow = slow_ticks * TICK if slow_ticks else Fraction(1, 64)
         self.policy = rc.BreakerPolicy(
             failure_ratio=failure_ratio,
             minimum_calls=minimum_calls,
-            window=WINDOW,
+            window=float(WINDOW),
             consecutive_failures=consecutive_failures,
-            open_for=open_for_ticks * TICK,
+            open_for=float(self.open_for),
+            open_for_max=float(self.open_for_max),
+            open_for_growth=growth,
+            open_for_jitter=jitter,
             half_open_probes=half_open_probes,
+            slow_call_duration=None if self.slow is None else float(self.slow),
+            slow_call_ratio=slow_call_ratio,
         )
-        self.open_for_ticks = open_for_ticks
-        self.breaker = CircuitBreaker("model", self.policy, clock=self.clock)
+        self.breaker = CircuitBreaker(
+            "model", self.policy, clock=self.clock, random=lambda: float(self.draw)
+        )
         self.transitions = Transitions()
         self.breaker.state_machine.add_listener(self.transitions)
 
     # the model
 
-    def _counted(self) -> list[tuple[int, bool]]:
+    @property
+    def now(self) -> Fraction:
+        return self.ticks * TICK
+
+    def _counted(self) -> list[tuple[int, bool, bool]]:
         now = self.ticks // SLICE_TICKS
         return [o for o in self.outcomes if now - o[0] < _WINDOW_SLICES]
 
     def _effective(self) -> BreakerState:
-        if self.stored == "open" and self.ticks >= self.open_until:
+        if self.stored == "open" and self.now >= self.open_until:
             return "half_open"
         return self.stored
 
@@ -529,11 +995,21 @@ class BreakerModel(RuleBasedStateMachine):
         if new == "closed":
             self.outcomes = []
             self.consecutive = 0
+            self.failing_since = None
+            self.open_period = Fraction(0)
+            self.periods = []
         if new == "open":
-            self.open_until = self.ticks + self.open_for_ticks
+            if self.failing_since is None:
+                self.failing_since = self.now
+            failing_for = self.now - self.failing_since
+            period = min(max(self.growth * failing_for, self.open_for), self.open_for_max)
+            self.periods.append(period)
+            period *= 1 + self.jitter * (2 * self.draw - 1)
+            self.open_period = min(max(period, self.open_for), self.open_for_max)
+            self.open_until = self.now + self.open_period
 
     def _admit(self) -> Ticket | None:
-        if self.stored == "open" and self.ticks >= self.open_until:
+        if self.stored == "open" and self.now >= self.open_until:
             self._move("half_open")
         refused = self.stored == "open" or (
             self.stored == "half_open" and self.probes >= self.policy.half_open_probes
@@ -546,7 +1022,10 @@ class BreakerModel(RuleBasedStateMachine):
         probe = self.stored == "half_open"
         self.probes += probe
         assert permit.probe == probe
-        return Ticket(permit, self.period, probe)
+        return Ticket(permit, self.period, probe, self.ticks)
+
+    def _share(self, counted: list[tuple[int, bool, bool]], index: int) -> Fraction:
+        return Fraction(sum(o[index] for o in counted), len(counted))
 
     def _finish(self, ticket: Ticket, outcome: str) -> None:
         record = {
@@ -559,28 +1038,33 @@ class BreakerModel(RuleBasedStateMachine):
             ticket.recorded = True
             return
         ticket.recorded = True
+        took = (self.ticks - ticket.admitted) * TICK
+        slow = outcome == "success" and self.slow is not None and took > self.slow
         if ticket.probe:
             self.probes -= 1
-            if outcome == "success":
+            if outcome == "success" and not slow:
                 self.successes += 1
                 if self.successes >= self.policy.half_open_probes:
                     self._move("closed")
-            elif outcome == "failure":
-                self._move("open")
+            elif outcome != "ignored":
+                self._move("open")  # a failed or slow trial call
             return
         if outcome == "ignored":
             return
         failed = outcome == "failure"
-        self.outcomes.append((self.ticks // SLICE_TICKS, failed))
+        self.outcomes.append((self.ticks // SLICE_TICKS, failed, slow))
         self.consecutive = self.consecutive + 1 if failed else 0
         limit = self.policy.consecutive_failures
         counted = self._counted()
-        failures = sum(failed for _, failed in counted)
+        enough = len(counted) >= self.policy.minimum_calls
         run_too_long = failed and limit is not None and self.consecutive >= limit
-        ratio_too_high = len(counted) >= self.policy.minimum_calls and (
-            failures / len(counted) >= self.policy.failure_ratio
+        failing = enough and self._share(counted, 1) >= Fraction(self.policy.failure_ratio)
+        too_slow = (
+            enough
+            and self.slow is not None
+            and self._share(counted, 2) >= Fraction(self.policy.slow_call_ratio)
         )
-        if run_too_long or ratio_too_high:
+        if run_too_long or failing or too_slow:
             self._move("open")
 
     # the rules: calls that finish at once, calls that stay in flight, time passing
@@ -597,6 +1081,13 @@ class BreakerModel(RuleBasedStateMachine):
         # successes likely enough that closing again is explored, not just reopening.
         self.call("success")
 
+    @rule(outcome=OUTCOMES, ticks=st.integers(1, 12))
+    def call_that_takes_a_while(self, outcome: str, ticks: int) -> None:
+        ticket = self._admit()
+        self.wait(ticks)
+        if ticket is not None:
+            self._finish(ticket, outcome)
+
     @rule(target=tickets)
     def admit(self) -> Any:
         ticket = self._admit()
@@ -607,10 +1098,14 @@ class BreakerModel(RuleBasedStateMachine):
         # Bundles hand out finished tickets again too: that is the idempotence check.
         self._finish(ticket, outcome)
 
-    @rule(ticks=st.one_of(st.integers(0, 6), st.integers(20, 100)))
+    @rule(ticks=st.one_of(st.integers(0, 6), st.integers(20, 100), st.integers(400, 4000)))
     def wait(self, ticks: int) -> None:
         self.ticks += ticks
-        self.clock.now = self.ticks * TICK
+        self.clock.now = float(self.now)
+
+    @rule(eighths=st.integers(0, 7))
+    def next_draw(self, eighths: int) -> None:
+        self.draw = Fraction(eighths, 8)
 
     # what must always hold
 
@@ -620,12 +1115,15 @@ class BreakerModel(RuleBasedStateMachine):
 
     @invariant()
     def pybreaker_holds_the_settled_state(self) -> None:
-        # Equal to ours whenever ours is settled; behind only while open_for has
-        # passed and nothing was admitted since (the lazy open -> half_open).
-        pybreaker_state = _ours(self.breaker.state_machine.current_state)
+        # Equal to ours whenever ours is settled; behind only while the open period
+        # has passed and nothing was admitted since (the lazy open -> half_open).
+        machine = self.breaker.state_machine
+        pybreaker_state = _ours(machine.current_state)
         assert pybreaker_state == self.stored
         if self._effective() == self.stored:
             assert pybreaker_state == self.breaker.state
+        if self.stored != "closed":
+            assert machine.reset_timeout == self.open_period
 
     @invariant()
     def probes_stay_within_the_cap(self) -> None:
@@ -634,16 +1132,30 @@ class BreakerModel(RuleBasedStateMachine):
         assert 0 <= probes <= self.policy.half_open_probes
 
     @invariant()
+    def open_periods_stay_within_bounds_and_grow_only_while_failing(self) -> None:
+        if self.stored == "closed":
+            assert self.open_period == 0
+            assert self.failing_since is None
+        else:
+            assert self.open_for <= self.open_period <= self.open_for_max
+        assert self.periods == sorted(self.periods)
+
+    @invariant()
     def health_matches_the_model(self) -> None:
         counted = self._counted()
-        failures = sum(failed for _, failed in counted)
-        remaining = (self.open_until - self.ticks) * TICK if self.stored == "open" else 0.0
+        remaining = self.open_until - self.now if self.stored == "open" else Fraction(0)
+        since = self.failing_since
         assert self.breaker.health() == {
             "state": self._effective(),
-            "failure_ratio": failures / len(counted) if counted else None,
+            "failure_ratio": float(self._share(counted, 1)) if counted else None,
+            "slow_call_ratio": (
+                float(self._share(counted, 2)) if counted and self.slow is not None else None
+            ),
             "calls_in_window": len(counted),
             "consecutive_failures": self.consecutive,
-            "open_for_remaining": max(remaining, 0.0),
+            "open_for_remaining": round(float(max(remaining, Fraction(0))), 3),
+            "open_period": round(float(self.open_period), 3),
+            "failing_for": 0.0 if since is None else round(float(self.now - since), 3),
             "probes_in_flight": self.probes,
         }
 
@@ -652,5 +1164,5 @@ class BreakerModel(RuleBasedStateMachine):
         assert self.transitions.seen == self.expected
 
 
-BreakerModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+BreakerModel.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 TestBreakerModel = BreakerModel.TestCase
