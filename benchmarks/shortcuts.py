@@ -385,7 +385,7 @@ async def build_cases(probe: rc.AsyncClient, url: str, iterations: int) -> list[
     # What begin() finds on a fresh request: httpx's own dict of the client's timeouts.
     configured = probe.build_request("GET", url).extensions["timeout"]
     assert timeouts._last_configured == configured, "the warm-up request filled the cache"
-    policy = timeouts._policy
+    policy = timeouts.policy
 
     def cached_bounds() -> PhaseBounds:
         bounds = timeouts._last_bounds

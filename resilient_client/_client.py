@@ -34,7 +34,7 @@ from httpx._types import (
 from opentelemetry import metrics, trace
 
 from ._cookies import ResponseCookies
-from ._deadline import monotonic, pop_call_deadline, push_call_deadline
+from ._deadline import monotonic, pop_deadline, push_deadline
 from ._pipeline import DependencyPipeline
 from ._registry import DependencyRegistry
 from ._settings import DependencyPolicy, ResilienceSettings, load_settings
@@ -258,13 +258,13 @@ class AsyncClient(httpx.AsyncClient):
         pipeline = self._registry.resolve(request.url)
         self._last_resolved = (request.url, pipeline)
         total = pipeline.policy.timeout.total
-        scope = push_call_deadline(None if total is None else monotonic() + total)
+        token = push_deadline(None if total is None else monotonic() + total)
         try:
             return await super().send(
                 request, stream=stream, auth=auth, follow_redirects=follow_redirects
             )
         finally:
-            pop_call_deadline(scope)
+            pop_deadline(token)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per dependency, a JSON-serialisable snapshot of its state, keyed by its name."""

@@ -24,15 +24,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "Deadline",
-    "callers_deadline",
     "current_deadline",
     "deadline",
     "deadline_at",
     "deadline_in_force",
     "monotonic",
-    "pop_call_deadline",
     "pop_deadline",
-    "push_call_deadline",
     "push_deadline",
     "running_loop",
 ]
@@ -100,29 +97,6 @@ def push_deadline(at: float | None) -> contextvars.Token[float | None]:
 pop_deadline: Callable[[contextvars.Token[float | None]], None] = _current.reset
 # current_deadline() without the Python call, for the hot path.
 deadline_in_force: Callable[[], float | None] = _current.get
-
-
-# The deadline that was in force where the current logical call through a client
-# began: the caller's own (its scopes, an incoming deadline header), before the
-# client bounded the call by its dependency's timeout.total. The breaker reads it
-# to tell a caller's impatience from the dependency's slowness.
-_callers: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "resilient_client_callers_deadline", default=None
-)
-callers_deadline: Callable[[], float | None] = _callers.get
-
-CallScope = tuple[contextvars.Token[float | None], contextvars.Token[float | None]]
-
-
-def push_call_deadline(at: float | None) -> CallScope:
-    """Open a logical call's scope: remember the caller's deadline, then bound by ``at``."""
-    return _callers.set(_current.get()), push_deadline(at)
-
-
-def pop_call_deadline(scope: CallScope) -> None:
-    callers, own = scope
-    _current.reset(own)
-    _callers.reset(callers)
 
 
 @contextmanager

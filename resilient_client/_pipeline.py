@@ -62,7 +62,7 @@ from ._breaker import CircuitBreaker, Permit
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._correlation import HeaderSlot, format_time_left
-from ._deadline import callers_deadline, monotonic
+from ._deadline import monotonic
 from ._exceptions import CircuitOpenError, DeadlineExceededError, RateLimitedError, ResilienceError
 from ._logging import RejectionLog
 from ._pools import DependencyPools, PoolLease
@@ -71,7 +71,7 @@ from ._retry import RetryStrategy
 from ._settings import DependencyPolicy
 from ._telemetry import CallTelemetry, Telemetry
 from ._throttle import AdaptiveThrottle
-from ._timeout import DeadlineBody, TimeoutStrategy
+from ._timeout import AttemptGuard, DeadlineBody, TimeoutStrategy
 from ._transports import HTTPXTransportFactory, Route, TransportFactory
 
 __all__ = ["DependencyPipeline"]
@@ -210,6 +210,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self._stamp_time_left(call)
         started = call.attempt_started()
         lease: PoolLease | None = None
+        guard: AttemptGuard | None = None
         try:
             transport, lease = self._transport_for(call)
             guard = self._timeout.begin(request, call.deadline)
@@ -221,11 +222,11 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
                 raise guard.failed(error, request, interrupted)  # noqa: B904
             guard.succeeded()
         except BaseException as error:
-            self._record_error(error, permit, lease, call)
+            self._record_error(error, permit, lease, guard)
             call.attempt_ended(started, error)
             raise
         call.attempt_ended(started, response)
-        self._record_response(response, permit)
+        self._record_response(response, permit, guard.started)
         return self._wrap_body(response, call, lease, guard.read_bound)
 
     async def _pace(self, call: _Call) -> None:
@@ -269,7 +270,11 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         return transport, lease
 
     def _record_error(
-        self, error: BaseException, permit: Permit, lease: PoolLease | None, call: _Call
+        self,
+        error: BaseException,
+        permit: Permit,
+        lease: PoolLease | None,
+        guard: AttemptGuard | None,
     ) -> None:
         """What an attempt that raised tells the breaker and the pool; the lease ends."""
         if not isinstance(error, Exception):  # cancelled: the caller gave up
@@ -277,7 +282,9 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             if lease is not None:
                 lease.interrupted()
         elif _is_local(error) or (
-            isinstance(error, DeadlineExceededError) and call.deadline_is_the_callers()
+            # Never sent, or cut short by a deadline before the dependency had its
+            # time: the caller's impatience, or time spent waiting on our side.
+            isinstance(error, DeadlineExceededError) and (guard is None or guard.cut_short)
         ):
             self._breaker.record_ignored(permit)
             if lease is not None and _waited_for_connection(error):
@@ -287,7 +294,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         if lease is not None:
             lease.release()
 
-    def _record_response(self, response: httpx.Response, permit: Permit) -> None:
+    def _record_response(self, response: httpx.Response, permit: Permit, sent_at: float) -> None:
         """What a response tells the breaker, and a 429 the throttle."""
         status = response.status_code
         if status >= 500:
@@ -296,7 +303,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             # Healthy, and we are over our quota: not the breaker's business (it
             # would refuse calls the quota admits). The throttle answers a 429.
             self._breaker.record_ignored(permit)
-            self._throttle.throttled()
+            self._throttle.throttled(sent_at)
         else:
             self._breaker.record_success(permit)
 
@@ -440,13 +447,6 @@ class _Call:
         """The call's steps are over (its body may still be read)."""
         if self.telemetry is not None:
             self.telemetry.exit()
-
-    def deadline_is_the_callers(self) -> bool:
-        """Whether the caller's own deadline, tighter than the dependency's
-        ``timeout.total``, is the one this call has (its expiry is then the
-        caller's impatience, not the dependency's failure)."""
-        callers = callers_deadline()
-        return callers is not None and self.deadline is not None and callers <= self.deadline
 
     def end(self, result: httpx.Response | BaseException) -> None:
         if self.telemetry is not None:

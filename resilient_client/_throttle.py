@@ -11,7 +11,11 @@ off         until the dependency answers 429: no pacing, and the cost of one
             counter per attempt (the send rate, measured over the last second).
 on a 429    the rate becomes ``BETA`` (0.7) times the rate attempts were going
             out at (the measured send rate, or the current rate if it was
-            lower), and that rate is remembered as ``ceiling``.
+            lower), and that rate is remembered as ``ceiling``. A 429 to an
+            attempt sent before the last cut says nothing about the new rate,
+            and cuts nothing: the attempts in flight when a quota runs out all
+            come back 429, and cutting once for each would take the rate to
+            the floor (measured: 21% of calls through against bare httpx's 48%).
 growing     with no 429, the rate grows back along a cubic curve (CUBIC, as TCP
             and the AWS SDKs use): quickly at first, flat near ``ceiling`` (where
             the last 429 was drawn), then faster again past it, to find a quota
@@ -97,11 +101,13 @@ class AdaptiveThrottle:
         """Count one attempt sent (the measure a first 429 cuts from)."""
         self._sent += 1
 
-    def throttled(self) -> None:
-        """The dependency answered 429: cut the rate, and pace from now on."""
+    def throttled(self, sent_at: float) -> None:
+        """The dependency answered 429 to an attempt sent at ``sent_at``: cut the rate."""
+        self.throttles += 1
+        if sent_at < self._last_throttle:
+            return  # sent at the rate that was cut already
         now = self._clock()
         sending_at = self._send_rate(now)
-        self.throttles += 1
         if not self.off:
             sending_at = min(sending_at, self._rate(now))
         self._ceiling = max(sending_at, MIN_RATE)

@@ -53,6 +53,13 @@ BACKSTOP_GRACE = 0.02
 # once), and how far before the deadline such a read's own timeout must fire
 # (see DeadlineBody).
 BODY_SLACK = 0.01
+# An attempt that the call's deadline ends counts as the dependency's failure only
+# if the deadline gave it at least this share of the dependency's own allowance
+# (timeout.attempt, else timeout.total). With less, the time went elsewhere: to
+# the caller's tighter deadline, to waiting on our side (pacing, the bulkhead
+# queue), or to earlier attempts. The slack covers the moments between a call's
+# start and its first attempt.
+FAIR_SHARE = 0.9
 # A timer can fire a hair before the instant it was set for; treat as "at the deadline".
 _CLOCK_SLACK = 0.002
 
@@ -69,7 +76,7 @@ class TimeoutStrategy:
 
     def __init__(self, dependency: str, policy: TimeoutPolicy) -> None:
         self._dependency = dependency
-        self._policy = policy
+        self.policy = policy
         # The phase bounds of the last httpx timeouts seen: a client sends the same
         # ones on almost every request, so they are worked out once.
         self._last_configured: Mapping[str, float | None] = {}
@@ -84,7 +91,7 @@ class TimeoutStrategy:
         dependency with a shorter budget gets that shorter budget.
         """
         in_force = deadline_in_force()
-        total = self._policy.total
+        total = self.policy.total
         if total is None:
             return in_force
         own = monotonic() + total
@@ -92,7 +99,7 @@ class TimeoutStrategy:
 
     def attempt_time_left(self, call_deadline: float | None) -> float | None:
         """Seconds an attempt starting now may take (None: unbounded): what we tell downstream."""
-        attempt = self._policy.attempt
+        attempt = self.policy.attempt
         if call_deadline is None:
             return attempt
         left = call_deadline - monotonic()
@@ -115,7 +122,7 @@ class TimeoutStrategy:
         now = monotonic()
         limit = call_deadline
         attempt_bound = False
-        attempt = self._policy.attempt
+        attempt = self.policy.attempt
         if attempt is not None:
             attempt_end = now + attempt
             if limit is None or attempt_end < limit:
@@ -128,9 +135,9 @@ class TimeoutStrategy:
             configured = configured.configured  # a redirect carries the last hop's bounds
         bounds = self._last_bounds
         if configured != self._last_configured:
-            bounds = self._last_bounds = PhaseBounds(configured, self._policy.connect)
+            bounds = self._last_bounds = PhaseBounds(configured, self.policy.connect)
             self._last_configured = dict(configured)
-        timeouts = LiveTimeouts(configured, limit, self._policy.connect, now, bounds=bounds)
+        timeouts = LiveTimeouts(configured, limit, self.policy.connect, now, bounds=bounds)
         request.extensions = {**extensions, "timeout": timeouts}
         return AttemptGuard(
             self, timeouts, bounds.by_phase["read"], call_deadline, limit, attempt_bound, now
@@ -138,7 +145,7 @@ class TimeoutStrategy:
 
     def attempt_timed_out(self, request: httpx.Request) -> httpx.TimeoutException:
         return httpx.TimeoutException(
-            f"attempt exceeded timeout.attempt={self._policy.attempt}s "
+            f"attempt exceeded timeout.attempt={self.policy.attempt}s "
             f"(dependency {self._dependency!r})",
             request=request,
         )
@@ -217,7 +224,15 @@ class AttemptGuard(Watchdog):
     garbage collector to walk.
     """
 
-    __slots__ = ("_attempt_bound", "_call_deadline", "_strategy", "_timeouts", "read_bound")
+    __slots__ = (
+        "_attempt_bound",
+        "_call_deadline",
+        "_limit",
+        "_strategy",
+        "_timeouts",
+        "read_bound",
+        "started",
+    )
 
     def __init__(
         self,
@@ -237,8 +252,22 @@ class AttemptGuard(Watchdog):
         self.read_bound = read_bound
         self._call_deadline = call_deadline
         self._attempt_bound = attempt_bound
+        self._limit = limit
+        self.started = now  # when the attempt was sent (on the monotonic clock)
         if limit is not None:
             self.watch()
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether this attempt had less than its fair share (FAIR_SHARE) of the
+        dependency's own allowance: a deadline that ends it then says nothing
+        about the dependency."""
+        policy = self._strategy.policy
+        allowance = policy.attempt if policy.attempt is not None else policy.total
+        if allowance is None:
+            return True  # the dependency's own settings give it all the time it takes
+        limit = self._limit
+        return limit is not None and limit - self.started < FAIR_SHARE * allowance
 
     def succeeded(self) -> None:
         """The transport returned a response: disarm the backstop."""

@@ -82,3 +82,22 @@ async def test_a_caller_deadline_longer_than_the_attempt_limit_still_counts_time
             with pytest.raises(httpx.TimeoutException), rc.deadline(2.0):
                 await client.get(upstream.url(0, "/?delay=0.4"))
         assert _breaker(client, upstream)["state"] == "open"
+
+
+async def test_an_attempt_left_little_time_by_our_own_queue_is_not_the_dependencys_failure(
+    upstream: Upstream,
+) -> None:
+    # One call at a time, and only the dependency's own timeout.total (0.4 s). A
+    # call that waits 0.3 s in the bulkhead queue leaves its attempt 0.1 s: the
+    # deadline that ends it says nothing about a dependency that answers in 0.2 s.
+    settings = _settings({"attempt": None, "total": 0.4})
+    settings["default"]["bulkhead"] = {"max_concurrent": 1, "queue_timeout": 1.0}
+    async with rc.AsyncClient(settings=settings) as client:
+        for _ in range(3):
+            holder = asyncio.ensure_future(client.get(upstream.url(0, "/?delay=0.3")))
+            await asyncio.sleep(0.01)
+            with pytest.raises(rc.DeadlineExceededError):
+                await client.get(upstream.url(0, "/?delay=0.2"))
+            assert (await holder).status_code == 200
+        assert _breaker(client, upstream)["state"] == "closed"
+        assert _breaker(client, upstream)["consecutive_failures"] == 0

@@ -41,7 +41,7 @@ def test_a_429_cuts_the_rate_to_beta_times_the_send_rate() -> None:
     clock = FakeClock()
     throttle = AdaptiveThrottle("api", clock=clock)
     _sending(throttle, clock, 100, 2.5)
-    throttle.throttled()
+    throttle.throttled(clock.now)
     assert not throttle.off
     rate = throttle.rate()
     assert rate == pytest.approx(100 * BETA, rel=0.05)
@@ -52,7 +52,7 @@ def test_the_rate_grows_back_along_a_cubic_to_the_ceiling_then_past_it() -> None
     clock = FakeClock()
     throttle = AdaptiveThrottle("api", clock=clock)
     _sending(throttle, clock, 50, 2.0)
-    throttle.throttled()
+    throttle.throttled(clock.now)
     ceiling = 50.0
     k = math.cbrt(ceiling * (1 - BETA) / SCALE)
     rates = []
@@ -72,7 +72,7 @@ async def test_it_turns_off_again_once_the_rate_is_well_past_the_ceiling() -> No
     clock = FakeClock()
     throttle = AdaptiveThrottle("api", clock=clock)
     _sending(throttle, clock, 50, 2.0)
-    throttle.throttled()
+    throttle.throttled(clock.now)
     # CUBIC reaches RELEASE_FACTOR x the ceiling after k + cbrt((F - 1) * ceiling / SCALE) s.
     k = math.cbrt(50 * (1 - BETA) / SCALE)
     clock.now += k + math.cbrt((RELEASE_FACTOR - 1) * 50 / SCALE) + 0.01
@@ -85,18 +85,33 @@ def test_a_429_while_throttled_cuts_from_the_lower_of_the_rate_and_the_send_rate
     clock = FakeClock()
     throttle = AdaptiveThrottle("api", clock=clock)
     _sending(throttle, clock, 100, 2.0)
-    throttle.throttled()
+    throttle.throttled(clock.now)
     _sending(throttle, clock, 40, 1.5)  # callers send less than the throttle allows
-    throttle.throttled()
+    throttle.throttled(clock.now)
     assert throttle.rate() == pytest.approx(40 * BETA, rel=0.1)
     assert throttle.throttles == 2
+
+
+def test_429s_to_attempts_sent_before_the_cut_do_not_cut_again() -> None:
+    clock = FakeClock()
+    throttle = AdaptiveThrottle("api", clock=clock)
+    _sending(throttle, clock, 100, 2.0)
+    in_flight_since = clock.now - 0.05  # ten attempts out when the quota ran out
+    for _ in range(10):
+        throttle.throttled(in_flight_since)
+        clock.now += 0.001
+    assert throttle.rate() == pytest.approx(100 * BETA, rel=0.05)
+    assert throttle.throttles == 10
+    # One sent after the cut does cut again.
+    throttle.throttled(clock.now)
+    assert throttle.rate() == pytest.approx(100 * BETA * BETA, rel=0.1)
 
 
 def test_the_rate_never_falls_below_the_floor() -> None:
     clock = FakeClock()
     throttle = AdaptiveThrottle("api", clock=clock)
     for _ in range(30):
-        throttle.throttled()
+        throttle.throttled(clock.now)
         clock.now += 0.01
     assert throttle.rate() == MIN_RATE
 
@@ -107,7 +122,7 @@ async def test_waiters_are_released_one_by_one_at_the_rate() -> None:
     for _ in range(100):  # 100 attempts in the last ~second
         throttle.sent()
     await asyncio.sleep(0)
-    throttle.throttled()
+    throttle.throttled(time.monotonic())
     rate = throttle.rate()
     assert rate is not None
     released: list[float] = []
@@ -127,7 +142,7 @@ async def test_waiters_are_released_one_by_one_at_the_rate() -> None:
 @pytest.mark.anyio
 async def test_a_slot_past_the_deadline_is_refused_at_once_and_not_taken() -> None:
     throttle = AdaptiveThrottle("api")
-    throttle.throttled()  # nothing sent: the floor rate, one slot every 2 s
+    throttle.throttled(time.monotonic())  # nothing sent: the floor rate, one slot every 2 s
     await throttle.acquire(None)  # takes the slot now
     start = time.monotonic()
     with pytest.raises(rc.RateLimitedError, match="past the call's deadline"):
