@@ -7,8 +7,9 @@ at once into the next 429s: measured at a quota of 50 calls/s with 100 offered,
 it got 118 calls through in 8 s where bare httpx got 408. This throttle does
 what AWS SDKs' adaptive retry mode does instead:
 
-off         until the dependency answers 429: no pacing, and the cost of one
-            counter per attempt (the send rate, measured over the last second).
+off         until the dependency answers 429: no pacing, and the cost of a
+            clock read and a counter per attempt (the send rate, measured over
+            about the last second).
 on a 429    the rate becomes ``BETA`` (0.7) times the rate attempts were going
             out at (the measured send rate, or the current rate if it was
             lower), and that rate is remembered as ``ceiling``. A 429 to an
@@ -58,8 +59,10 @@ RELEASE_FACTOR = 2.0
 # Never slower than this (calls a second): a dependency whose 429s never stop is
 # still asked now and then, and a call still gets through.
 MIN_RATE = 0.5
-# The send rate is measured over the last this many seconds.
+# The send rate is measured over the last this many seconds, and never over less
+# than the shortest span (a 429 to the very first attempts).
 _MEASURE_OVER = 1.0
+_SHORTEST_SPAN = 0.05
 
 
 class AdaptiveThrottle:
@@ -95,10 +98,18 @@ class AdaptiveThrottle:
         # The send rate: attempts since _measured_since, and the rate of the span before.
         self._sent = 0
         self._measured_since = clock()
-        self._previous_rate = 0.0
+        self._previous_rate: float | None = None
 
     def sent(self) -> None:
-        """Count one attempt sent (the measure a first 429 cuts from)."""
+        """Count one attempt sent (the measure a 429 cuts from)."""
+        now = self._clock()
+        span = now - self._measured_since
+        if span >= _MEASURE_OVER:
+            # The span is over: it becomes the previous one, unless it was mostly
+            # idle (then the rate before it is unknown, not low).
+            self._previous_rate = self._sent / span if span < 2 * _MEASURE_OVER else None
+            self._sent = 0
+            self._measured_since = now
         self._sent += 1
 
     def throttled(self, sent_at: float) -> None:
@@ -161,13 +172,9 @@ class AdaptiveThrottle:
 
     def _send_rate(self, now: float) -> float:
         """Attempts a second over about the last second."""
-        span = now - self._measured_since
-        if span >= _MEASURE_OVER:
-            # The span is over: it becomes the previous one.
-            self._previous_rate = self._sent / span
-            self._sent = 0
-            self._measured_since = now
-            return self._previous_rate
-        # Part of a span: weigh it with the one before, as a sliding second.
-        share = span / _MEASURE_OVER
-        return self._sent / _MEASURE_OVER + self._previous_rate * (1 - share)
+        span = max(now - self._measured_since, _SHORTEST_SPAN)
+        previous = self._previous_rate
+        if previous is None or span >= _MEASURE_OVER:
+            return self._sent / span
+        # Part of a span: add the share of the one before that is still within a second.
+        return self._sent / _MEASURE_OVER + previous * (1 - span / _MEASURE_OVER)
