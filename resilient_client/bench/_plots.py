@@ -172,31 +172,24 @@ def _load(name: str, scenario: dict[str, Any], labels: dict[str, str]) -> Figure
                 label=f"{labels[key]} upstream",
             )
         _mark_outage(ax, scenario)
-        _note_after_load(ax, scenario, host, labels)
         ax.set_title(f"host '{host}'", fontsize=10)
-        ax.set_xlabel("seconds into the run")
+        ax.set_xlabel("seconds into the run" + _after_load_note(scenario, host, labels))
         ax.set_ylabel("per second")
         ax.legend(fontsize=7, ncols=2)
         ax.grid(True, alpha=0.3)
     return figure
 
 
-def _note_after_load(ax: Axes, scenario: dict[str, Any], host: str, labels: dict[str, str]) -> None:
+def _after_load_note(scenario: dict[str, Any], host: str, labels: dict[str, str]) -> str:
     """Requests the host received after the load ended, in words: they are not load."""
     counts = {
         labels[key]: result["timeline"]["after_load"][host]["upstream_requests"]
         for key, result in scenario["results"].items()
     }
-    if any(counts.values()):
-        listed = ", ".join(f"{label} {count}" for label, count in counts.items())
-        ax.text(
-            0.01,
-            0.02,
-            f"upstream requests after the load ended (not drawn): {listed}",
-            transform=ax.transAxes,
-            fontsize=7,
-            color="#555555",
-        )
+    if not any(counts.values()):
+        return ""
+    listed = ", ".join(f"{label} {count}" for label, count in counts.items())
+    return f"\nupstream requests after the load ended, not drawn: {listed}"
 
 
 def _mark_outage(ax: Axes, scenario: dict[str, Any]) -> None:
