@@ -358,10 +358,8 @@ class CircuitBreaker:
         now = self._clock()
         if slow_after is None:
             window.add(now, failed=False)
-            # A success can complete minimum_calls with the ratio still over the
-            # threshold (never with no failure at all).
-            if window.failures:
-                self._check_ratio()
+            # A success can complete minimum_calls with the ratio still over the threshold.
+            self._check_ratio()
             return
         slow = now - permit._admitted > slow_after
         window.add(now, failed=False, slow=slow)

@@ -102,9 +102,7 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one logical call (its first attempt, never a retry)."""
-        second = math.floor(self._clock())
-        # Within the same second nothing has left the window (the common case).
-        index = second % len(self._requests) if second == self._second else self._advance()
+        index = self._advance()
         self._requests[index] += 1
         self._total_requests += 1
 

@@ -42,17 +42,6 @@ class Bulkhead:
         """Calls waiting for a permit now."""
         return len(self._waiters)
 
-    def try_acquire(self) -> bool:
-        """Take a free permit without waiting, if there is one and no one queues for it.
-
-        The pipeline calls this first: on the path every call takes, awaiting a
-        coroutine that never waits would cost more than the check itself.
-        """
-        if self._in_flight < self._policy.max_concurrent and not self._waiters:
-            self._in_flight += 1
-            return True
-        return False
-
     async def acquire(self, deadline: float | None) -> None:
         """Take a permit, waiting in the queue if there is room, or raise.
 

@@ -149,7 +149,6 @@ class AsyncClient(httpx.AsyncClient):
         )
         self._registry = DependencyRegistry(self._resilience_settings, self._build_pipeline)
         self._telemetry.observe(self._registry.pipelines)
-        self._last_resolved: tuple[httpx.URL, DependencyPipeline] | None = None
 
     @property
     def cookies(self) -> httpx.Cookies:
@@ -192,16 +191,10 @@ class AsyncClient(httpx.AsyncClient):
         return Route(proxy=proxy)
 
     def _transport_for_url(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
-        # send() resolved this very URL object a moment ago, in the common case.
-        resolved = self._last_resolved
-        if resolved is not None and resolved[0] is url and not resolved[1].retired:
-            return resolved[1]
         return self._registry.resolve(url)
 
     def _route_for(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
         # httpx's own choice: a Route marker, or a transport the user gave.
-        if not self._mounts:
-            return self._transport  # what httpx would choose, without the search
         return super()._transport_for_url(url)
 
     def _build_pipeline(
@@ -256,7 +249,6 @@ class AsyncClient(httpx.AsyncClient):
         reading the body; a streamed body must be read within it too.
         """
         pipeline = self._registry.resolve(request.url)
-        self._last_resolved = (request.url, pipeline)
         total = pipeline.policy.timeout.total
         token = push_deadline(None if total is None else monotonic() + total)
         try:

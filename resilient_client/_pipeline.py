@@ -14,7 +14,7 @@ of :class:`DependencyPipeline`::
                            deadline (_pace)
     admit                  refuse a call whose deadline has passed; take a
                            bulkhead permit, or wait in its bounded queue, or fail
-                           fast (_admit_at_once, _wait_for_permit)
+                           fast (_admit)
     send                   the first attempt; only a retryable outcome starts
                            the retry loop, RetryStrategy.run, whose every retry
                            is paced again (_send, _paced_attempt)
@@ -115,8 +115,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         header = telemetry.settings.deadline_header
         self._deadline_header = None if header is None else HeaderSlot(header)
         self._rejections = RejectionLog(name)
-        # Dropped from the registry: it only finishes the calls it has. (An
-        # attribute, not a property: the client reads it on every call.)
+        # Dropped from the registry: it only finishes the calls it has.
         self.retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
 
@@ -131,10 +130,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             self._telemetry.start_call(self.name, request),
         )
         try:
-            if not (self._rate_limit.unlimited_now and self._throttle.off):
-                await self._pace(call)  # before the permit: waiting for the rate holds none
-            if not self._admit_at_once(call):
-                await self._wait_for_permit(call)
+            await self._pace(call)  # before the permit: waiting for the rate holds none
+            await self._admit(call)
             try:
                 response = await self._send(call)
             except BaseException:
@@ -147,19 +144,14 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             call.leave()
         return self._hand_over(call, response)
 
-    def _admit_at_once(self, call: _Call) -> bool:
-        """Refuse a call whose deadline has passed; take a free bulkhead permit if any."""
+    async def _admit(self, call: _Call) -> None:
+        """Refuse a call whose deadline has passed; take a bulkhead permit, or queue, or fail."""
         deadline = call.deadline
         if deadline is not None and monotonic() >= deadline:
             expired = self._timeout.expired_error(call.request, "before the call was admitted")
             raise call.refused("deadline", expired)
-        # Without awaiting: a coroutine that never waits would cost more than this check.
-        return self._bulkhead.try_acquire()
-
-    async def _wait_for_permit(self, call: _Call) -> None:
-        """Wait in the bulkhead's queue, within the deadline, or be refused."""
         try:
-            await self._bulkhead.acquire(call.deadline)
+            await self._bulkhead.acquire(deadline)
         except ResilienceError as refusal:
             reason = "deadline" if isinstance(refusal, DeadlineExceededError) else "bulkhead"
             raise call.refused(reason, refusal) from None
@@ -198,8 +190,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
     async def _paced_attempt(self, call: _Call) -> httpx.Response:
         """A retry: its own slot of the rate, then the attempt."""
-        if not (self._rate_limit.unlimited_now and self._throttle.off):
-            await self._pace(call)
+        await self._pace(call)
         return await self._attempt(call)
 
     async def _attempt(self, call: _Call) -> httpx.Response:

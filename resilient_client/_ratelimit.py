@@ -80,11 +80,6 @@ class RateLimiter:
         self._next_free = -math.inf
         self._waiting = 0
 
-    @property
-    def unlimited_now(self) -> bool:
-        """No rate limit: ``acquire()`` would return at once."""
-        return self._limiter is None
-
     async def acquire(self, deadline: float | None) -> None:
         """Take a slot of the rate limit.
 
