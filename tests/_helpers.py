@@ -6,6 +6,7 @@ import httpx
 
 from resilient_client import AsyncClient
 from resilient_client._pipeline import DependencyPipeline
+from resilient_client.bench._stats import percentile as nearest_rank
 
 
 def pipeline_of(client: AsyncClient, url: str) -> DependencyPipeline:
@@ -28,6 +29,7 @@ def busy_connections(pipeline: DependencyPipeline) -> list[str]:
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
+    """Nearest-rank percentile of ``values`` (any order), as the bench computes it."""
+    value = nearest_rank(sorted(values), fraction)
+    assert value is not None, "no values"
+    return value
