@@ -217,8 +217,9 @@ class _LogTransitions(pybreaker.CircuitBreakerListener):
     # Said when the pybreaker breaker is driven from outside this module.
     UNEXPLAINED = "changed outside resilient_client"
 
-    def __init__(self, dependency: str) -> None:
+    def __init__(self, dependency: str, host: str | None = None) -> None:
         self.dependency = dependency
+        self.host = host
         self.reason = self.UNEXPLAINED
 
     def state_change(
@@ -232,14 +233,16 @@ class _LogTransitions(pybreaker.CircuitBreakerListener):
         old = "none" if old_state is None else _OURS.get(old_state.name, old_state.name)
         new = _OURS.get(new_state.name, new_state.name)
         logger.warning(
-            "dependency %r: circuit breaker %s -> %s (%s)",
+            "dependency %r%s: circuit breaker %s -> %s (%s)",
             self.dependency,
+            "" if self.host is None else f", host {self.host!r}",
             old,
             new,
             self.reason,
             extra={
                 "event": "breaker_state",
                 "dependency": self.dependency,
+                "host": self.host,
                 "breaker_state": new,
                 # the call whose outcome moved it, when there is one
                 **context_fields(),
@@ -248,22 +251,28 @@ class _LogTransitions(pybreaker.CircuitBreakerListener):
 
 
 class CircuitBreaker:
-    """The circuit breaker of one dependency; see the module docstring for the rules."""
+    """The circuit breaker of one dependency, or of one ``host`` of a dependency.
+
+    See the module docstring for the rules.
+    """
 
     def __init__(
         self,
         dependency: str,
         policy: BreakerPolicy,
         *,
+        host: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _RANDOM.random,
     ) -> None:
         self._dependency = dependency
+        # Errors name the host when the breaker is one host's (see _hosts.py).
+        self._scope = "" if host is None else f"host {host!r}: "
         self._policy = policy
         self._clock = clock
         self._random = random  # uniform in [0, 1): the jitter of each open period
         self._storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-        self._log = _LogTransitions(dependency)
+        self._log = _LogTransitions(dependency, host)
         # Its thresholds mirror the policy so that anyone inspecting it sees the truth
         # (reset_timeout follows the current open period); it never applies them
         # itself, because it is never asked to make a call.
@@ -313,7 +322,8 @@ class CircuitBreaker:
                 # The fast-fail path: nothing is built but the error.
                 raise CircuitOpenError(
                     self._dependency,
-                    f"circuit open for another {_tenths_up(self._open_until - now)} s "
+                    f"{self._scope}circuit open for another "
+                    f"{_tenths_up(self._open_until - now)} s "
                     f"({self._open_reason})",
                 )
             self._transition(
@@ -325,7 +335,8 @@ class CircuitBreaker:
         if self._probes_in_flight >= probes:
             raise CircuitOpenError(
                 self._dependency,
-                f"circuit half_open with {self._probes_in_flight} trial call(s) in flight "
+                f"{self._scope}circuit half_open with {self._probes_in_flight} trial call(s) "
+                "in flight "
                 f"(half_open_probes={probes}); retry once they complete",
             )
         self._probes_in_flight += 1

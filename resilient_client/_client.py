@@ -206,6 +206,7 @@ class AsyncClient(httpx.AsyncClient):
             policy,
             named=named,
             critical=dependency is not None and dependency.critical,
+            max_tracked_hosts=self._resilience_settings.max_tracked_hosts,
             route_for=self._route_for,
             transport_factory=self._transport_factory,
             limits=self._pool_limits(policy),

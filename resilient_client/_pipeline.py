@@ -58,19 +58,19 @@ from typing import Any
 
 import httpx
 
-from ._breaker import CircuitBreaker, Permit
+from ._breaker import Permit
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._correlation import HeaderSlot, format_time_left
 from ._deadline import monotonic
 from ._exceptions import CircuitOpenError, DeadlineExceededError, RateLimitedError, ResilienceError
+from ._hosts import HostState, HostStates
 from ._logging import RejectionLog
 from ._pools import DependencyPools, PoolLease
 from ._ratelimit import RateLimiter
 from ._retry import RetryStrategy
 from ._settings import DependencyPolicy
 from ._telemetry import CallTelemetry, Telemetry
-from ._throttle import AdaptiveThrottle
 from ._timeout import AttemptGuard, DeadlineBody, TimeoutStrategy
 from ._transports import HTTPXTransportFactory, Route, TransportFactory
 
@@ -89,6 +89,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         *,
         named: bool,
         critical: bool = False,
+        max_tracked_hosts: int = 1024,
         route_for: RouteSelector,
         transport_factory: TransportFactory,
         limits: httpx.Limits,
@@ -103,9 +104,11 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self._bulkhead = Bulkhead(name, policy.bulkhead)
         budget = RetryBudget(policy.retry.budget_ratio, policy.retry.budget_min_per_second)
         self._retry = RetryStrategy(name, policy.retry, budget)
-        self._breaker = CircuitBreaker(name, policy.breaker)
+        # A breaker and a throttle per host: one host's failures are its own.
+        self._hosts = HostStates(
+            name, policy.breaker, single=not named, max_tracked=max_tracked_hosts
+        )
         self._rate_limit = RateLimiter(name, policy.rate_limit)
-        self._throttle = AdaptiveThrottle(name)
         self._pools = DependencyPools(
             name, transport_factory, limits, policy.bulkhead.max_concurrent
         )
@@ -126,6 +129,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         call = _Call(
             self,
             request,
+            self._hosts.for_url(request.url),
             self._timeout.call_deadline(),
             self._telemetry.start_call(self.name, request),
         )
@@ -196,7 +200,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
     async def _attempt(self, call: _Call) -> httpx.Response:
         """One attempt: breaker, timeouts, the pool; its outcome recorded."""
         permit = self._admit_attempt(call)
-        self._throttle.sent()
+        call.host.throttle.sent()
         request = call.request
         self._stamp_time_left(call)
         started = call.attempt_started()
@@ -213,18 +217,18 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
                 raise guard.failed(error, request, interrupted)  # noqa: B904
             guard.succeeded()
         except BaseException as error:
-            self._record_error(error, permit, lease, guard)
+            self._record_error(error, call.host, permit, lease, guard)
             call.attempt_ended(started, error)
             raise
         call.attempt_ended(started, response)
-        self._record_response(response, permit, guard.started)
+        self._record_response(response, call.host, permit, guard.started)
         return self._wrap_body(response, call, lease, guard.read_bound)
 
     async def _pace(self, call: _Call) -> None:
         """A slot of the configured rate limit, then of the adaptive throttle."""
         try:
             await self._rate_limit.acquire(call.deadline)
-            await self._throttle.acquire(call.deadline)
+            await call.host.throttle.acquire(call.deadline)
         except RateLimitedError as refusal:
             raise call.refused("rate_limit", refusal) from None
 
@@ -235,7 +239,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             expired = self._timeout.expired_error(call.request, "before the attempt could start")
             raise call.refused("deadline", expired)
         try:
-            return self._breaker.admit()
+            return call.host.breaker.admit()
         except CircuitOpenError as refusal:
             raise call.refused("breaker", refusal) from None
 
@@ -263,13 +267,15 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
     def _record_error(
         self,
         error: BaseException,
+        host: HostState,
         permit: Permit,
         lease: PoolLease | None,
         guard: AttemptGuard | None,
     ) -> None:
         """What an attempt that raised tells the breaker and the pool; the lease ends."""
+        breaker = host.breaker
         if not isinstance(error, Exception):  # cancelled: the caller gave up
-            self._breaker.record_ignored(permit)  # which says nothing of the dependency
+            breaker.record_ignored(permit)  # which says nothing of the dependency
             if lease is not None:
                 lease.interrupted()
         elif _is_local(error) or (
@@ -277,26 +283,28 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             # time: the caller's impatience, or time spent waiting on our side.
             isinstance(error, DeadlineExceededError) and (guard is None or guard.cut_short)
         ):
-            self._breaker.record_ignored(permit)
+            breaker.record_ignored(permit)
             if lease is not None and _waited_for_connection(error):
                 lease.pool_timed_out()
         else:
-            self._breaker.record_failure(permit)
+            breaker.record_failure(permit)
         if lease is not None:
             lease.release()
 
-    def _record_response(self, response: httpx.Response, permit: Permit, sent_at: float) -> None:
-        """What a response tells the breaker, and a 429 the throttle."""
+    def _record_response(
+        self, response: httpx.Response, host: HostState, permit: Permit, sent_at: float
+    ) -> None:
+        """What a response tells the host's breaker, and a 429 its throttle."""
         status = response.status_code
         if status >= 500:
-            self._breaker.record_failure(permit)
+            host.breaker.record_failure(permit)
         elif status == 429:
             # Healthy, and we are over our quota: not the breaker's business (it
             # would refuse calls the quota admits). The throttle answers a 429.
-            self._breaker.record_ignored(permit)
-            self._throttle.throttled(sent_at)
+            host.breaker.record_ignored(permit)
+            host.throttle.throttled(sent_at)
         else:
-            self._breaker.record_success(permit)
+            host.breaker.record_success(permit)
 
     def _wrap_body(
         self,
@@ -358,7 +366,8 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
     @property
     def breaker_state(self) -> str:
-        return self._breaker.state
+        """Open only when every host the dependency tracks is open."""
+        return self._hosts.state
 
     @property
     def idle(self) -> bool:
@@ -383,23 +392,22 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         """A JSON-serialisable snapshot of this dependency's state."""
         bulkhead = self.policy.bulkhead
         limits = self._pools.limits
-        breaker = self._breaker.health()
+        hosts = self._hosts.health()
         return {
             "kind": "named" if self.named else "host",
             "critical": self.critical,
-            # Usable unless its breaker is open: half-open is already probing.
-            "usable": breaker["state"] != "open",
+            # Usable unless every host's breaker is open: half-open is already probing.
+            "usable": hosts["breaker"]["state"] != "open",
             "in_flight": self._bulkhead.in_flight,
             "queued": self._bulkhead.queued,
             "max_concurrent": bulkhead.max_concurrent,
             "max_queue": bulkhead.max_queue,
-            "breaker": breaker,
             "retry": {
                 "budget_left": self._retry.budget.available(),
                 "retries_by_reason": dict(self._retry.retries_by_reason),
             },
             "rate_limit": self._rate_limit.health(),
-            "throttle": self._throttle.health(),
+            **hosts,  # breaker and throttle: the host's, or a summary and "hosts"
             "pool": {
                 "max_connections": limits.max_connections,
                 "max_keepalive": limits.max_keepalive_connections,
@@ -417,17 +425,19 @@ class _Call:
     would record it: each report below is then a branch and no more).
     """
 
-    __slots__ = ("_pipeline", "deadline", "request", "telemetry", "traced")
+    __slots__ = ("_pipeline", "deadline", "host", "request", "telemetry", "traced")
 
     def __init__(
         self,
         pipeline: DependencyPipeline,
         request: httpx.Request,
+        host: HostState,
         deadline: float | None,
         telemetry: CallTelemetry | None,
     ) -> None:
         self._pipeline = pipeline
         self.request = request
+        self.host = host
         self.deadline = deadline
         self.telemetry = telemetry
         self.traced = telemetry is not None and telemetry.span is not None
@@ -460,7 +470,7 @@ class _Call:
     # -- RetryObserver -----------------------------------------------------------------
 
     def breaker_open(self) -> bool:
-        return self._pipeline.breaker_state == "open"
+        return self.host.breaker.state == "open"
 
     def retrying(self, reason: str, wait: float) -> None:
         if self.telemetry is not None:

@@ -17,23 +17,14 @@ from collections.abc import Callable
 
 import httpx
 
+from ._hosts import host_key
 from ._pipeline import DependencyPipeline
 from ._pools import BackgroundCloser
 from ._settings import DependencyPolicy, ResilienceSettings
 
-__all__ = ["DependencyRegistry", "host_key"]
+__all__ = ["DependencyRegistry"]
 
 PipelineBuilder = Callable[[str, DependencyPolicy, bool], DependencyPipeline]
-
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-
-
-def host_key(url: httpx.URL) -> tuple[str, int | None]:
-    """``(host, port)`` of a URL as host patterns spell them (IPv6 in brackets)."""
-    host = url.raw_host.decode("ascii").lower().rstrip(".")
-    if ":" in host:
-        host = f"[{host}]"
-    return host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 class DependencyRegistry:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 import resilient_client as rc
-from resilient_client._registry import host_key
+from resilient_client._hosts import host_key
 from resilient_client.testing._upstream import Upstream
 
 from ._helpers import pipeline_of
