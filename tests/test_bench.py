@@ -409,3 +409,133 @@ def test_the_cpu_ratio_is_the_ratio_of_the_cpu_figures_beside_it() -> None:
     assert mine["cpu_ratio_vs_httpx"] == pytest.approx(1.2)
     assert mine["calls_per_s"] == base["calls_per_s"] == 100.0
     assert mine["throughput_ratio_vs_httpx"] == pytest.approx(1.0)
+
+
+# -- the do-no-harm table -------------------------------------------------------------------------
+
+
+def _host(ok: int, p99: float | None, calls: int | None = None) -> dict[str, Any]:
+    return {"ok": ok, "calls": calls or ok, "latency_ms": {"p99": p99}}
+
+
+_SLOW = {"latency": {"median": 2.0}}
+_FINE = {"latency": {"median": 0.005, "sigma": 0.3}}
+
+
+def _two_hosts(bare: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "scenarios": {
+            "slow-dependency": {
+                "hosts": {"slow": _SLOW, "healthy": _FINE},
+                "results": {"httpx": {"hosts": bare}, "defaults": {"hosts": ours}},
+            }
+        }
+    }
+
+
+def _verdicts(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    from resilient_client.bench._harm import do_no_harm
+
+    return {row["host"]: (row["verdict"], row["why"]) for row in do_no_harm(report)}
+
+
+def test_bare_extra_successes_that_cost_the_healthy_host_are_excused_and_said() -> None:
+    bare = {"slow": _host(100, 2100.0), "healthy": _host(49, 74539.0, calls=507)}
+    ours = {"slow": _host(60, 2050.0), "healthy": _host(507, 14.5)}
+    verdicts = _verdicts(_two_hosts(bare, ours))
+    assert verdicts["healthy"] == ("ok", "")
+    verdict, why = verdicts["slow"]
+    assert verdict == "excused"
+    assert why.startswith("bare's extra successes on this host cost its healthy host 'healthy'")
+    assert "74,539 ms against 14.5 ms" in why
+    assert "49 successes against 507" in why
+
+
+def test_fewer_successes_with_no_cost_to_bare_are_worse_with_the_numbers() -> None:
+    bare = {"slow": _host(100, 2100.0), "healthy": _host(507, 20.0)}
+    ours = {"slow": _host(60, 2050.0), "healthy": _host(507, 14.5)}
+    verdict, why = _verdicts(_two_hosts(bare, ours))["slow"]
+    assert verdict == "worse"
+    assert why == "60 successes against bare httpx's 100 (-40, -40.0%)"
+
+
+def test_a_healthy_host_beside_a_slow_one_must_keep_its_p99_within_100_ms() -> None:
+    bare = {"slow": _host(100, 2100.0), "healthy": _host(49, 74539.0, calls=507)}
+    ours = {"slow": _host(100, 2050.0), "healthy": _host(507, 150.0)}
+    verdicts = _verdicts(_two_hosts(bare, ours))
+    assert verdicts["slow"] == ("ok", "")
+    verdict, why = verdicts["healthy"]
+    assert verdict == "worse"
+    assert why == "p99 150 ms, more than 100 ms beside a troubled host"
+
+
+def test_a_lone_host_is_judged_by_its_successes_only() -> None:
+    from resilient_client.bench._harm import do_no_harm, harm_markdown
+
+    limited = {"latency": {"median": 0.005}, "throttle": {"rate": 50}}
+    report = {
+        "scenarios": {
+            "throttled": {
+                "hosts": {"limited": limited},
+                "results": {
+                    "httpx": {"hosts": {"limited": _host(489, 900.0)}},
+                    "defaults": {"hosts": {"limited": _host(489, 2500.0)}},
+                    "hand-written": {"hosts": {"limited": _host(10, 1.0)}},
+                },
+            },
+            # Without bare httpx beside it, a scenario is not judged.
+            "alone": {"hosts": {"a": _FINE}, "results": {"defaults": {"hosts": {}}}},
+        }
+    }
+    rows = do_no_harm(report)
+    # The library's clients are judged, not the hand-written composition.
+    assert [(r["scenario"], r["client"], r["role"], r["verdict"]) for r in rows] == [
+        ("throttled", "defaults", "troubled", "ok")
+    ]
+    assert rows[0]["httpx_p99_ms"] == 900.0
+    table = harm_markdown(rows).splitlines()
+    assert table[0].startswith("| scenario | host | client | ok (httpx) | ok |")
+    assert table[2] == "| throttled | limited | defaults | 489 | 489 | 900 ms | 2,500 ms | ok |"
+
+
+def test_which_hosts_are_troubled() -> None:
+    from resilient_client.bench._harm import troubled
+    from resilient_client.bench._scenarios import SCENARIOS
+
+    hosts = {
+        (name, host): troubled(profile.to_dict())
+        for name, scenario in SCENARIOS.items()
+        for host, profile in scenario.hosts(10.0).items()
+    }
+    healthy = {("healthy", "api"), ("slow-dependency", "healthy")}
+    assert {key for key, value in hosts.items() if not value} == healthy
+
+
+def test_the_healthy_run_report_judges_every_host(healthy_run: tuple[dict[str, Any], str]) -> None:
+    rows = healthy_run[0]["do_no_harm"]
+    assert [(r["scenario"], r["host"], r["client"], r["role"]) for r in rows] == [
+        ("healthy", "api", "defaults", "healthy")
+    ]
+    assert rows[0]["httpx_ok"] > 100
+
+
+# -- the figures issue 12's targets need ---------------------------------------------------------
+
+
+def test_quota_share_is_answers_over_the_quota_while_sending() -> None:
+    from resilient_client.bench._figures import quota_use
+
+    # Buckets of 0.1 s: sending from bucket 10 to the end of bucket 29, 2 s.
+    received = {
+        "outcomes": {"ok": 90, "throttled": 7},
+        "timeline": {"10": {"ok": 10, "throttled": 7}, "20": {"ok": 40}, "29": {"ok": 40}},
+    }
+    figures = quota_use(received, bucket=0.1, quota=50)
+    assert figures == {
+        "quota_per_s": 50,
+        "sending_s": 2.0,
+        "upstream_ok": 90,
+        "upstream_429": 7,
+        "quota_share": 0.9,
+    }
+    assert quota_use({}, bucket=0.1, quota=50)["quota_share"] is None

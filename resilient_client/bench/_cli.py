@@ -4,46 +4,33 @@ Two commands: ``bench`` runs load scenarios against a fault-injecting upstream
 and ``demo`` is a short name for one of them (the slow-dependency scenario,
 bare httpx against the library's defaults). ``_add_<name>`` declares a
 command's parser and binds its runner with ``set_defaults(run=...)``; the
-runner takes the parsed arguments and returns the exit code. The bench's work
-is done by its own modules (:mod:`._runner`, :mod:`._report`, :mod:`._plots`);
-rich and matplotlib are imported only when a command runs, so ``--help`` works
-without the ``bench`` extra.
+runner takes the parsed arguments and returns the exit code. The runner is
+:mod:`._command`'s; the bench's work is done by its own modules (:mod:`._runner`,
+:mod:`._report`, :mod:`._plots`); rich and matplotlib are imported only when a
+command runs, so ``--help`` works without the ``bench`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import ResilienceSettings, SettingsError, __version__
-from .._settings import load_settings
-from ._clients import CLIENTS, ClientSpec, client_specs
-from ._report import build_report, options_of, print_summary, report_json
-from ._runner import ScenarioResult, run_bench
-from ._scenarios import SCENARIOS, TOUR, BenchOptions, Scenario
+from .. import __version__
+from ._clients import CLIENTS
+from ._command import BENCH_EXTRA, DEMO_SECONDS, EXIT_FAILED, PROG, run_bench_command
+from ._scenarios import SCENARIOS, SWEEP_LEVELS, SWEEP_MAX_LEVEL, SWEEP_SECONDS
 
-__all__ = ["build_parser", "main"]
-
-PROG = "resilient-client"
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "build_parser", "main"]
 
 Runner = Callable[[argparse.Namespace], int]
-Plan = list[tuple[Scenario, BenchOptions]]
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress, TaskID
-
     # Generic only in the type stubs; subscripting it at run time fails.
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-# Exit codes, beyond 0 and argparse's 2 for a bad command line.
-EXIT_FAILED = 1
+# Exit code on Ctrl-C (EXIT_FAILED, 1: the bench could not run; argparse's 2: a bad command line).
 EXIT_INTERRUPTED = 130
 
 
@@ -84,8 +71,6 @@ def _seconds_up_to(high: float) -> Callable[[str], float]:
 
 # -- bench and demo -------------------------------------------------------------------------------
 
-_BENCH_EXTRA = "pip install 'resilient-client[bench]'"
-
 _BENCH_DESCRIPTION = f"""\
 Load scenarios against a fault-injecting upstream (a child process on 127.0.0.1), the same
 scenario once per client, side by side:
@@ -107,11 +92,17 @@ scenarios:
   degrading        the host slows from 10 ms to 300 ms and fails up to half its requests
   payments         a payments API with a p99 of about 300 ms that hangs for 10% of the run,
                    later answers 503 for 10% (the example of docs/tuning.md)
+  sweep            not part of 'all': 1, 10, 50, 100 and 200 callers (--concurrency) in a
+                   closed loop on a healthy 2 ms host, {SWEEP_SECONDS:g} s each in alternating
+                   segments: successful calls/s, errors and p99 per client, and the ratio
 
 With no options it runs a short tour (under a minute): healthy, slow-dependency and outage,
-shortened, bare httpx against the defaults. Writes bench.json (every figure) and four PNG plots
-per scenario to --out: latency percentiles over time, calls by outcome, breaker state over
-time, offered load against upstream load. Needs the 'bench' extra: {_BENCH_EXTRA}.
+shortened, bare httpx against the defaults. After the scenarios' tables comes the "do no
+harm" table: per scenario and host, each resilient client's successful calls and p99 beside
+bare httpx's, with a verdict. Writes bench.json (every figure) and four PNG plots per
+scenario to --out: latency percentiles over time, calls by outcome, breaker state over
+time, offered load against upstream load (the sweep: one, sweep.png). Needs the 'bench'
+extra: {BENCH_EXTRA}.
 docs/tuning.md explains how to read the report and choose settings from it."""
 
 _BENCH_EPILOG = f"""\
@@ -120,13 +111,14 @@ examples:
   {PROG} bench --scenario all --out results/
   {PROG} bench --scenario outage --settings resilience.toml --dependency payments
   {PROG} bench --scenario healthy --load closed --workers 20 --duration 30
+  {PROG} bench --scenario sweep --concurrency 1,10,50,100,200 --clients httpx,defaults
 
 exit status: 0 when the bench ran (a client whose calls outlived --grace is a finding: its
 run is marked cut short), 1 when it could not run (invalid settings, the upstream did not
 start, missing extras) or --strict and a run was cut short, 2 for a bad command line."""
 
 
-_DEMO = dict(TOUR)["slow-dependency"]
+_DEMO = DEMO_SECONDS
 _DEMO_DESCRIPTION = f"""\
 Show what one slow dependency does to a healthy one: the bench's slow-dependency scenario,
 shortened to {_DEMO:g} s, bare httpx against resilient_client's defaults. The same as
@@ -136,7 +128,7 @@ shortened to {_DEMO:g} s, bare httpx against resilient_client's defaults. The sa
 and it takes the bench's options (see '{PROG} bench --help'). A host answering after 2 s
 takes every connection of httpx's one shared pool, so the healthy host's calls queue behind it;
 resilient_client gives each host a pool and a bulkhead of its own. Needs the 'bench' extra:
-{_BENCH_EXTRA}."""
+{BENCH_EXTRA}."""
 
 _DEMO_EPILOG = f"""\
 examples:
@@ -148,12 +140,25 @@ def _scenario_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if names in (["all"], ["tour"]):
         return names
-    unknown = [name for name in names if name not in SCENARIOS]
+    unknown = [name for name in names if name not in SCENARIOS and name != "sweep"]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: choose 'all', 'tour' or scenarios from {', '.join(SCENARIOS)}"
+            f"{text!r}: choose 'all', 'tour' or scenarios from {', '.join(SCENARIOS)}, sweep"
         )
     return names
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    parse = _int_in(1, SWEEP_MAX_LEVEL)
+    levels = tuple(parse(part.strip()) for part in text.split(",") if part.strip())
+    if not levels or len(set(levels)) != len(levels) or len(levels) > _MAX_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 1 to {_MAX_LEVELS} distinct numbers of callers, comma-separated"
+        )
+    return levels
+
+
+_MAX_LEVELS = 10
 
 
 def _client_list(text: str) -> list[str]:
@@ -201,12 +206,21 @@ def _add_bench(subparsers: Subparsers) -> None:
         default=None,
         metavar="NAME",
         help="'all', 'tour' (the default: a short tour of three) or one or more scenario names, "
-        "comma-separated",
+        "comma-separated ('sweep': the concurrency sweep)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_levels,
+        default=None,
+        metavar="LIST",
+        help="the sweep's levels, callers in flight, comma-separated, each 1-"
+        f"{SWEEP_MAX_LEVEL} (default: {','.join(map(str, SWEEP_LEVELS))}); runs the sweep "
+        "(after the scenarios given, if any)",
     )
     _add_client_options(parser)
     _add_load_options(parser, duration="each scenario's own, 10-30 s; the tour's, 3-8 s")
     _add_output_options(parser)
-    parser.set_defaults(run=_run_bench, command="bench", parser=parser, hint="")
+    parser.set_defaults(run=run_bench_command, command="bench", parser=parser, hint="")
 
 
 def _add_demo(subparsers: Subparsers) -> None:
@@ -223,7 +237,9 @@ def _add_demo(subparsers: Subparsers) -> None:
     _add_output_options(parser)
     # Its options before it became a bench scenario (--slow-callers, --json, ...) are gone.
     hint = f"; demo takes the bench's options now (see '{PROG} demo --help')"
-    parser.set_defaults(run=_run_bench, command="demo", scenario=None, parser=parser, hint=hint)
+    parser.set_defaults(
+        run=run_bench_command, command="demo", scenario=None, parser=parser, hint=hint
+    )
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -322,222 +338,6 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write bench.json only, no PNG plots",
     )
-
-
-def _bench_extras() -> str | None:
-    """None when rich and matplotlib import; else what is missing."""
-    missing = []
-    for module in ("rich", "matplotlib"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    return ", ".join(missing) or None
-
-
-def _bench_settings(args: argparse.Namespace) -> ResilienceSettings | None:
-    """The settings the 'settings' client runs with; SettingsError/ValueError when unusable."""
-    if args.settings is None:
-        if args.dependency is not None:
-            raise ValueError("--dependency needs --settings FILE")
-        return None
-    settings = load_settings(args.settings)
-    if args.dependency is None:
-        return settings
-    if args.dependency not in settings.dependencies:
-        known = ", ".join(sorted(settings.dependencies)) or "none"
-        raise ValueError(
-            f"settings file {str(args.settings)!r} names no dependency {args.dependency!r} "
-            f"(it names: {known})"
-        )
-    # The scenario's hosts are 127.0.0.1 ports, which the dependency's host patterns never
-    # match: give its effective policy to every host instead.
-    policy = settings.policy_for(args.dependency)
-    return ResilienceSettings.from_mapping({"default": policy.model_dump()})
-
-
-def _options(args: argparse.Namespace, **changes: float) -> BenchOptions:
-    values = {
-        "load": args.load,
-        "duration": args.duration,
-        "rate": args.rate,
-        "workers": args.workers,
-        "seed": args.seed,
-        "grace": args.grace,
-        "max_calls": args.max_calls,
-    }
-    return BenchOptions(**{**values, **changes})
-
-
-def _bench_plan(args: argparse.Namespace) -> tuple[Plan, list[str]]:
-    """The scenarios to run with their options, and the keys of the clients to compare."""
-    if args.command == "demo":
-        short: Sequence[tuple[str, float]] | None = [("slow-dependency", _DEMO)]
-    else:
-        short = TOUR if args.scenario in (None, ["tour"]) else None
-    if short is None:
-        names = list(SCENARIOS) if args.scenario == ["all"] else args.scenario
-        plan = [(SCENARIOS[name], _options(args)) for name in names]
-    else:
-        # Short runs and a short grace: the whole tour stays under a minute.
-        plan = [
-            (
-                SCENARIOS[name],
-                _options(args, duration=args.duration or seconds, grace=min(args.grace, 5.0)),
-            )
-            for name, seconds in short
-        ]
-    if args.clients is not None:
-        clients = list(args.clients)
-    else:
-        clients = ["httpx", "defaults"] if short else ["httpx", "hand-written", "defaults"]
-        if args.settings is not None:
-            clients.append("settings")
-    return plan, clients
-
-
-class _RichProgress:
-    """The engine's progress events on a rich progress bar, one line per client run."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._task: TaskID | None = None
-
-    def started(self, scenario: str, client: str, seconds: float) -> None:
-        self._task = self._progress.add_task(f"{scenario}: {client}", total=seconds)
-
-    def advanced(self, seconds: float) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=seconds)
-
-    def finished(self) -> None:
-        if self._task is not None:
-            task = self._progress.tasks[self._task]
-            self._progress.update(self._task, completed=task.total)
-        self._task = None
-
-
-@contextmanager
-def _library_logs_quiet() -> Iterator[None]:
-    """The library's warnings (breaker opening, calls rejected) would bury the progress bar.
-
-    Only when nothing handles them already: an application's logging setup wins.
-    """
-    logger = logging.getLogger("resilient_client")
-    if logger.handlers or logging.getLogger().handlers:
-        yield
-        return
-    handler = logging.NullHandler()
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    command = args.command
-    missing = _bench_extras()
-    if missing is not None:
-        return _fail(command, f"needs {missing}, which it could not import: {_BENCH_EXTRA}")
-    try:
-        settings = _bench_settings(args)
-    except (SettingsError, ValueError) as exc:
-        return _fail(command, str(exc))
-    plan, clients = _bench_plan(args)
-    if "settings" in clients and settings is None:
-        return _fail(command, "the 'settings' client needs --settings FILE")
-
-    from rich.console import Console
-
-    specs = client_specs(clients, settings)
-    started = time.perf_counter()
-    try:
-        with _library_logs_quiet():
-            results = asyncio.run(_bench_with_progress(plan, specs, Console(stderr=True)))
-    except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
-        # Starting the upstream or closing a client failed: nothing to report but the cause.
-        return _fail(command, f"{type(exc).__name__}: {exc}")
-    report = build_report(
-        results,
-        specs,
-        options_of(
-            plan[0][1],
-            scenarios=[scenario.name for scenario, _ in plan],
-            tour=command == "bench" and args.scenario in (None, ["tour"]),
-            clients=clients,
-            settings_file=None if args.settings is None else str(args.settings),
-            dependency=args.dependency,
-        ),
-    )
-    print_summary(report, Console())
-    try:
-        written = _write(report, args.out, plots=not args.no_plots)
-    except OSError as exc:
-        return _fail(command, f"cannot write to {str(args.out)!r}: {exc}")
-    files = f"{len(written)} file{'' if len(written) == 1 else 's'}"
-    _progress(f"done in {time.perf_counter() - started:.1f} s; wrote {files}")
-    plots = "" if args.no_plots else f"; plots: {args.out}/<scenario>-<plot>.png"
-    _progress(f"figures: {written[0]}{plots}")
-    return _cut_short(results, strict=args.strict)
-
-
-def _write(report: dict[str, object], out: Path, *, plots: bool) -> list[Path]:
-    """bench.json (first) and, with ``plots``, the PNG plots in ``out``: the files written."""
-    out.mkdir(exist_ok=True)
-    figures = out / "bench.json"
-    figures.write_text(report_json(report), encoding="utf-8")
-    written = [figures]
-    if plots:
-        from ._plots import plot_report
-
-        written += plot_report(report, out)
-    return written
-
-
-def _cut_short(results: Sequence[ScenarioResult], *, strict: bool) -> int:
-    """Say which runs were cut short at their time limit; the exit code."""
-    cut_short = [
-        f"{result.scenario.name}/{run.spec.key}"
-        for result in results
-        for run in result.runs
-        if run.cut_short
-    ]
-    if not cut_short:
-        return 0
-    _progress(
-        f"note: calls outlived the time limit in {', '.join(cut_short)}; they are counted "
-        "as unfinished"
-    )
-    return EXIT_FAILED if strict else 0
-
-
-async def _bench_with_progress(
-    plan: Plan, specs: Sequence[ClientSpec], console: Console
-) -> list[ScenarioResult]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("{task.description:<48}"),
-        BarColumn(),
-        TextColumn("{task.completed:>5.1f}/{task.total:g} s"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        return await run_bench(plan, specs, _RichProgress(bar))
-
-
-# -- shared plumbing -------------------------------------------------------------------------------
-
-
-def _progress(message: str) -> None:
-    # Progress goes to stderr so that stdout holds only the report.
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
-
-
-def _fail(command: str, message: str) -> int:
-    print(f"{PROG} {command}: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
 
 
 _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_bench, _add_demo)

@@ -4,7 +4,8 @@ Per host: counts, errors by type, latency percentiles and upstream requests per
 call (:func:`host_figures`); the same per time window of the load
 (:func:`host_timeline`) and the requests after it (:func:`requests_after`);
 requests per call within an outage (:func:`amplification_between`); how long
-calls kept failing after it (:func:`recovery_time`); the breaker's states as
+calls kept failing after it (:func:`recovery_time`); the share of a throttling
+host's quota a client used (:func:`quota_use`); the breaker's states as
 sampled (:func:`breaker_timeline`); and each client's CPU cost (:func:`overhead`).
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "host_figures",
     "host_timeline",
     "overhead",
+    "quota_use",
     "recovery_time",
     "requests_after",
     "window_of",
@@ -146,6 +148,28 @@ def recovery_time(
     if outage_end + (last + 1) * window >= until - window:
         return None  # still failing at the end of the run
     return round((last + 1) * window, 3)
+
+
+def quota_use(received: Mapping[str, Any], bucket: float, quota: float) -> dict[str, Any]:
+    """How much of a throttling host's quota (``quota`` requests/s) the client turned into answers.
+
+    The share is the requests the host answered (not with 429) over what the
+    quota allowed while the client was sending: ``quota`` times the span from
+    the first to the end of the last of the server's buckets with a request.
+    ``upstream_429`` is how many 429s the client drew.
+    """
+    timeline = received.get("timeline", {})
+    busy = sorted(int(key) for key, slot in timeline.items() if any(slot.values()))
+    sending = (busy[-1] + 1 - busy[0]) * bucket if busy else 0.0
+    answered = received.get("outcomes", {})
+    served = answered.get("ok", 0)
+    return {
+        "quota_per_s": quota,
+        "sending_s": round(sending, 3),
+        "upstream_ok": served,
+        "upstream_429": answered.get("throttled", 0),
+        "quota_share": round(served / (quota * sending), 3) if sending else None,
+    }
 
 
 def amplification_between(

@@ -12,6 +12,9 @@ Four PNG files per scenario, each with one colour per client throughout:
                                received (solid), per host: retry amplification made visible;
                                requests received after the load ended are counted in a
                                note, not drawn as load
+``sweep.png``                  the concurrency sweep, when run: successful calls/s and p99
+                               per client against the callers in flight (its levels get no
+                               plots of their own)
 =============================  ==============================================================
 
 matplotlib is imported only here, and only when plots are drawn, so the rest of
@@ -200,14 +203,48 @@ def _mark_outage(ax: Axes, scenario: dict[str, Any]) -> None:
 _DRAW = {"latency": _latency, "errors": _errors, "breaker": _breaker, "load": _load}
 
 
+def _sweep(report: dict[str, Any], labels: dict[str, str]) -> Figure:
+    rows = report["sweep"]
+    keys = [key for key in labels if any(key in row["clients"] for row in rows)]
+    figure, (rate, tail) = _figure(2, "concurrency sweep: a healthy 2 ms host, closed loop")
+    colours = _colours(keys)
+    levels = [row["concurrency"] for row in rows]
+    for key in keys:
+        entries = [row["clients"].get(key, {}) for row in rows]
+        for ax, field in ((rate, "ok_per_s"), (tail, "p99_ms")):
+            points = [(n, e[field]) for n, e in zip(levels, entries, strict=True) if e.get(field)]
+            ax.plot(
+                [n for n, _ in points],
+                [v for _, v in points],
+                "o-",
+                color=colours[key],
+                label=labels[key],
+            )
+    for ax, ylabel in ((rate, "successful calls/s"), (tail, "p99 ms")):
+        ax.set_xscale("log")
+        ax.set_xticks(levels, [str(n) for n in levels])
+        ax.set_xlabel("callers in flight")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    tail.set_yscale("log")
+    return figure
+
+
 def plot_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write the PNG files of every scenario in ``report`` to ``out_dir``; their paths."""
     labels = {key: client["label"] for key, client in report["clients"].items()}
     written = []
     for name, scenario in report["scenarios"].items():
+        if "concurrency" in scenario:
+            continue  # a level of the sweep: drawn together, below
         for kind in PLOTS:
             figure = _DRAW[kind](name, scenario, labels)
             path = out_dir / f"{name}-{kind}.png"
             figure.savefig(path, dpi=90)
             written.append(path)
+    if report.get("sweep"):
+        path = out_dir / "sweep.png"
+        _sweep(report, labels).savefig(path, dpi=90)
+        written.append(path)
     return written

@@ -24,7 +24,7 @@ import platform
 import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
 from ._clients import ClientSpec
@@ -34,18 +34,18 @@ from ._figures import (
     host_figures,
     host_timeline,
     overhead,
+    quota_use,
     recovery_time,
     requests_after,
     window_of,
 )
+from ._harm import do_no_harm
 from ._load import OK
 from ._runner import ClientRun, ScenarioResult
 from ._scenarios import BenchOptions, outages_of
+from ._sweep import sweep_table
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-__all__ = ["build_report", "explain", "machine", "print_summary", "report_json"]
+__all__ = ["build_report", "machine", "options_of", "outcome_names", "report_json"]
 
 _PACKAGES = ("httpx", "httpcore", "anyio", "h11", "pybreaker", "tenacity", "aiolimiter")
 
@@ -98,6 +98,8 @@ def _scenario(result: ScenarioResult) -> dict[str, Any]:
     }
     if outages:
         report["outages_s"] = [{"start": start, "end": end} for start, end in outages]
+    if result.scenario.concurrency is not None:
+        report["concurrency"] = result.scenario.concurrency
     return report
 
 
@@ -151,6 +153,10 @@ def _headline(
         line.update(cost)
     if outages:
         line["outages"] = _outage_figures(result, run, outages)
+    throttle = result.hosts[result.scenario.focus].throttle
+    if throttle is not None:
+        received = run.received[result.scenario.focus]
+        line["quota"] = quota_use(received, result.bucket, throttle.rate)
     if result.scenario.name == "slow-dependency":
         slow = hosts["slow"]
         line["slow_ok"] = slow["ok"]
@@ -217,7 +223,7 @@ def build_report(
     for result in results:
         for run in result.runs:
             described.setdefault(run.spec.key, run.description)
-    return {
+    report: dict[str, Any] = {
         "tool": "resilient-client bench",
         "version": __version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -229,6 +235,11 @@ def build_report(
         },
         "scenarios": {result.scenario.name: _scenario(result) for result in results},
     }
+    report["do_no_harm"] = do_no_harm(report)
+    sweep = sweep_table(report)
+    if sweep:
+        report["sweep"] = sweep
+    return report
 
 
 def options_of(options: BenchOptions, **more: Any) -> dict[str, Any]:
@@ -247,162 +258,6 @@ def options_of(options: BenchOptions, **more: Any) -> dict[str, Any]:
 
 def report_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=1) + "\n"
-
-
-# -- the terminal ------------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
-
-
-def _seconds(value: float | None) -> str:
-    return "not within the run" if value is None else f"{value:.2f} s"
-
-
-def _rows(scenario: dict[str, Any], keys: list[str]) -> list[list[str]]:
-    """Label, then one cell per client. A row of one cell is a section title."""
-    results = scenario["results"]
-    rows: list[list[str]] = []
-    for host in scenario["hosts"]:
-        figures = [results[key]["hosts"][host] for key in keys]
-        marker = (
-            " (the question)" if host == scenario["focus"] and len(scenario["hosts"]) > 1 else ""
-        )
-        rows.append([f"host '{host}'{marker}"])
-        rows.append(["  calls", *(str(f["calls"]) for f in figures)])
-        rows.append(["  succeeded", *(_percent(f["success_ratio"]) for f in figures)])
-        names = sorted({name for f in figures for name in f["errors"]})
-        for name in names:
-            rows.append([f"    {name}", *(str(f["errors"].get(name, 0)) for f in figures)])
-        for level in ("p50", "p99", "max"):
-            rows.append([f"  {level} ms", *(_ms(f["latency_ms"][level]) for f in figures)])
-        rows.append(
-            ["  upstream requests/call", *(_ratio(f["upstream"]["per_call"]) for f in figures)]
-        )
-    headline = scenario["headline"]
-    if "cpu_us_per_call" in headline[keys[0]]:
-        rows.append(["client cost"])
-        rows.append(["  CPU µs/call", *(_ms(headline[k].get("cpu_us_per_call")) for k in keys)])
-        rows.append(
-            ["  CPU vs bare httpx", *(_ratio(headline[k].get("cpu_ratio_vs_httpx")) for k in keys)]
-        )
-        rows.append(["  calls/s", *(_ms(headline[k].get("calls_per_s")) for k in keys)])
-    for number, window in enumerate(scenario.get("outages_s", [])):
-        rows.append([f"outage {window['start']:g}-{window['end']:g} s"])
-        rows.append(
-            [
-                "  upstream requests/call",
-                *(_ratio(headline[k]["outages"][number]["per_call"]) for k in keys),
-            ]
-        )
-        rows.append(
-            [
-                "  recovered after its end",
-                *(_seconds(headline[k]["outages"][number]["recovery_s"]) for k in keys),
-            ]
-        )
-    if any(results[k]["cut_short"] for k in keys):
-        rows.append(
-            [
-                "  cut short at time limit",
-                *("yes" if results[k]["cut_short"] else "no" for k in keys),
-            ]
-        )
-    return rows
-
-
-def explain(name: str, scenario: dict[str, Any], labels: dict[str, str]) -> list[str]:
-    """One plain sentence per client: the figures that answer the scenario's question."""
-    lines = []
-    for key, line in scenario["headline"].items():
-        label = labels[key]
-        errors = f"{line['errors']} errors in {line['calls']} calls"
-        if name == "healthy":
-            ratio = line.get("cpu_ratio_vs_httpx")
-            cost = "the baseline" if ratio is None else f"{ratio:.2f}x bare httpx's CPU per call"
-            lines.append(
-                f"{label}: {_ms(line.get('cpu_us_per_call'))} µs CPU per call ({cost}), "
-                f"p99 {_ms(line['p99_ms'])} ms"
-            )
-        elif name == "slow-dependency":
-            lines.append(
-                f"{label}: healthy host p99 {_ms(line['p99_ms'])} ms, {errors}; "
-                f"slow host {line['slow_ok']} served, {line['slow_failed_fast']} failed fast"
-            )
-        elif name == "outage":
-            outage = line["outages"][0]
-            lines.append(
-                f"{label}: {_ratio(outage['per_call'])} upstream requests per call during the "
-                f"outage, calls succeeding again {_seconds(outage['recovery_s'])} after it ended"
-            )
-        else:
-            lines.append(
-                f"{label}: {_percent(line['success_ratio'])} of calls succeeded, "
-                f"{_ratio(line['upstream_per_call'])} upstream requests per call, "
-                f"p99 {_ms(line['p99_ms'])} ms"
-            )
-    return lines
-
-
-# How to read each scenario's table, in a sentence or two.
-NOTES = {
-    "healthy": "CPU per call is the whole client process (the load generator too, the same for "
-    "every client), the median over segments that alternate the clients: read the ratio to "
-    "bare httpx rather than the microseconds.",
-    "slow-dependency": "With one shared pool, calls to the slow host take every connection and "
-    "the healthy host's calls queue behind them; a pool and a bulkhead per host keep it apart, "
-    "and calls beyond the bulkhead fail fast instead of piling up.",
-    "outage": "An open breaker keeps the failing host's traffic near zero and fails calls at "
-    "once; it probes again only after breaker.open_for (5 s by default), which is how long "
-    "calls keep failing after the host is back: choose open_for from that.",
-    "flapping": "Retries lift the success ratio at the price of upstream requests per call; the "
-    "retry budget caps that price, and a breaker that opens on runs of failures trades "
-    "successes for load shed.",
-    "throttled": "Retrying a 429 early only spends the host's quota on refusals. A 429 does not "
-    "count for the breaker; its Retry-After pauses every call to the host, but the calls queued "
-    "meanwhile go out together and draw the next 429: a rate_limit at the quota keeps under it.",
-    "degrading": "Watch where latency crosses the timeouts and when the breaker first opens.",
-    "payments": "The example of docs/tuning.md: compare its settings' column with the defaults'.",
-}
-
-
-def print_summary(report: dict[str, Any], console: Console) -> None:
-    """One table per scenario (rows: figures; columns: clients), then what it says."""
-    from rich.table import Table
-
-    labels = {key: client["label"] for key, client in report["clients"].items()}
-    for name, scenario in report["scenarios"].items():
-        keys = [key for key in labels if key in scenario["results"]]
-        table = Table(
-            title=f"{name}: {scenario['title']} ({scenario['load']['mode']} loop, "
-            f"{scenario['duration_s']:g} s)",
-            title_justify="left",
-        )
-        table.add_column("")
-        for key in keys:
-            table.add_column(labels[key], justify="right")
-        for row in _rows(scenario, keys):
-            if len(row) == 1:
-                table.add_row(f"[bold]{row[0]}[/bold]", *([""] * len(keys)))
-            else:
-                table.add_row(*row)
-        console.print(table)
-        for sentence in explain(name, scenario, labels):
-            console.print(f"  {sentence}", highlight=False)
-        if name in NOTES:
-            console.print(f"  [dim]{NOTES[name]}[/dim]", highlight=False)
-        console.print()
 
 
 def outcome_names(report: dict[str, Any]) -> Iterable[str]:

@@ -23,8 +23,9 @@ so one timeline spans a client's segments.
 
 Every run is bounded three ways: by time (``duration``, then ``grace``, then
 whatever is left is cancelled and counted as unfinished), by a count of calls
-(``max_calls``) and by calls in flight (``max_in_flight``; beyond it the load
-generator records a call as not sent rather than pile up tasks).
+(``max_calls``, per client and scenario, all its segments together) and by
+calls in flight (``max_in_flight``; beyond it the load generator records a call
+as not sent rather than pile up tasks).
 
 The clients are in :mod:`._clients`, the scenarios in :mod:`._scenarios`, the
 load generator in :mod:`._load`; what a run yields is turned into figures by
@@ -112,7 +113,9 @@ async def _segment(
     """Load ``client`` for ``seconds`` then drain; times are recorded from ``offset`` on."""
     origin = time.perf_counter() - offset
     stop_at = time.perf_counter() + seconds
-    calls = Calls(options.max_in_flight, options.max_calls)
+    # The budget is the run's: what earlier segments of this client spent is spent.
+    spent = sum(len(log) for log in run.logs.values())
+    calls = Calls(options.max_in_flight, max(0, options.max_calls - spent))
     before = _sent_calls(run)
     cpu, wall = time.process_time(), time.perf_counter()
     seeds = random.Random(options.seed)

@@ -16,6 +16,7 @@ from ..testing._profiles import Degradation, Latency, Outage, Profile, Throttle
 
 __all__ = [
     "SCENARIOS",
+    "SWEEP_LEVELS",
     "TOUR",
     "BenchOptions",
     "LoadMode",
@@ -23,6 +24,7 @@ __all__ = [
     "Stream",
     "outage_window",
     "outages_of",
+    "sweep_scenarios",
 ]
 
 LoadMode = Literal["open", "closed"]
@@ -57,6 +59,8 @@ class Scenario:
     focus: str
     # healthy alternates the clients in this many segments each; the others run once.
     segments: int = 1
+    # A level of the concurrency sweep: this many callers in a closed loop, whatever the options.
+    concurrency: int | None = None
 
 
 def _healthy_hosts(duration: float) -> dict[str, Profile]:
@@ -215,6 +219,41 @@ SCENARIOS: dict[str, Scenario] = {
 TOUR: tuple[tuple[str, float], ...] = (("healthy", 3.0), ("slow-dependency", 3.0), ("outage", 8.0))
 
 
+# -- the concurrency sweep ----------------------------------------------------------------------
+
+# Callers in flight at each level of ``--scenario sweep`` (``--concurrency`` changes them).
+SWEEP_LEVELS: tuple[int, ...] = (1, 10, 50, 100, 200)
+SWEEP_SECONDS = 4.0
+SWEEP_SEGMENTS = 4
+# At most this many callers at one level: below the load generator's cap on calls in flight.
+SWEEP_MAX_LEVEL = 1000
+
+
+def sweep_scenarios(levels: tuple[int, ...] = SWEEP_LEVELS) -> list[Scenario]:
+    """One scenario per level: ``n`` callers in a closed loop on the healthy 2 ms host.
+
+    Each level alternates the clients in short segments, as ``healthy`` does, so
+    their throughput is compared side by side; like every scenario, a level is
+    bounded by its duration, the grace and the call budget.
+    """
+    for level in levels:
+        if not 1 <= level <= SWEEP_MAX_LEVEL:
+            raise ValueError(f"a sweep level is 1 to {SWEEP_MAX_LEVEL} callers, got {level}")
+    return [
+        Scenario(
+            f"sweep-{level}",
+            f"{level} caller{'s' if level > 1 else ''} in a closed loop on a healthy 2 ms host",
+            SWEEP_SECONDS,
+            _healthy_hosts,
+            (Stream("api", rate=100, workers=level),),
+            focus="api",
+            segments=SWEEP_SEGMENTS,
+            concurrency=level,
+        )
+        for level in levels
+    ]
+
+
 # -- options --------------------------------------------------------------------------------------
 
 
@@ -234,11 +273,19 @@ class BenchOptions:
 
     def streams(self, scenario: Scenario) -> tuple[Stream, ...]:
         streams = scenario.streams
+        if scenario.concurrency is not None:
+            return streams  # a sweep level: its callers are the point
         if self.rate is not None:
             streams = tuple(replace(s, rate=self.rate) for s in streams)
         if self.workers is not None:
             streams = tuple(replace(s, workers=self.workers) for s in streams)
         return streams
+
+    def for_scenario(self, scenario: Scenario) -> BenchOptions:
+        """These options as ``scenario`` runs them: a sweep level always in a closed loop."""
+        if scenario.concurrency is None:
+            return self
+        return replace(self, load="closed", rate=None, workers=None)
 
     def duration_of(self, scenario: Scenario) -> float:
         return scenario.duration if self.duration is None else self.duration
