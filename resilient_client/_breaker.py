@@ -1,6 +1,6 @@
 """Circuit breaker: stop calling a dependency that keeps failing, then probe for recovery.
 
-One breaker per dependency, used around each attempt::
+One breaker per host of a dependency (_hosts.py), used around each attempt::
 
     permit = breaker.admit()          # CircuitOpenError here: nothing was sent
     ... send the attempt ...

@@ -14,7 +14,8 @@ already catch, so ``except httpx.HTTPError`` (or ``httpx.TransportError``,
     └── httpx.HTTPError                      (httpx's own tree, unchanged)
 
 The request-level errors carry ``dependency`` (the name of the dependency the
-request was routed to) and a message that names it and the reason.
+request was routed to), ``reason`` (why, in words) and ``request`` (where one
+was being sent), and a message that names the dependency and the reason.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class CircuitOpenError(_DependencyError, httpx.TransportError):
 
 
 class RateLimitedError(_DependencyError, httpx.TransportError):
-    """The client-side rate limit could not admit the call within its time left."""
+    """The client-side rate limit, or the throttle that 429s set, could not admit
+    the attempt within the call's time left."""
 
     def __init__(
         self, dependency: str, reason: str, *, request: httpx.Request | None = None

@@ -28,9 +28,10 @@ paced       attempts go out one every ``1 / rate`` seconds (virtual scheduling:
 off again   once the rate has grown to ``RELEASE_FACTOR`` (2) times ``ceiling``
             with no 429 since: the evidence is gone, and so is the pacing.
 
-The scope is the dependency (the per-dependency pipeline owns one): a quota is
-usually the caller's, for the whole host. ``Retry-After`` is honoured where it
-is about the request that drew it: that request's retry waits at least as long
+The scope is one host (_hosts.py: a dependency of one host has one throttle, a
+named dependency one per host it calls): a 429 is evidence about the host that
+sent it, and a quota is usually the caller's, for a whole host. ``Retry-After``
+is honoured where it is about the request that drew it: that request's retry waits at least as long
 (see _retry.py), and a 429 is retried for any method, since it was not processed.
 
 A wait that would end past the call's deadline fails at once with
