@@ -18,6 +18,8 @@ Shape (every section optional; what a dependency leaves out it takes from ``defa
                              critical = true   (the readiness endpoint needs it)
     [dependencies.payments.timeout]
     total = 2.0
+    [dependencies.payments.routes."POST /charge/*"]   (timeout and retry per route;
+    retry = { attempts = 1 }                           the first matching key wins)
 
 Precedence, highest first: values given in code (a dict or keyword arguments),
 environment variables (``RESILIENT_CLIENT_DEFAULT__TIMEOUT__TOTAL=2``), the TOML
@@ -26,10 +28,12 @@ file, the library defaults. docs/configuration.md explains every default.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 
@@ -39,12 +43,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from ._exceptions import SettingsError
+from ._routes import RouteTable, parse_route_key
 
 __all__ = [
     "BreakerPolicy",
@@ -56,6 +62,7 @@ __all__ = [
     "RateLimitPolicy",
     "ResilienceSettings",
     "RetryPolicy",
+    "RoutePolicy",
     "TelemetrySettings",
     "TimeoutPolicy",
     "load_settings",
@@ -179,6 +186,52 @@ class PoolPolicy(_Section):
         return self
 
 
+_PER_DEPENDENCY = ("breaker", "bulkhead", "rate_limit", "pool")
+_PER_DEPENDENCY_RETRY = ("budget_ratio", "budget_min_per_second")
+
+
+class RoutePolicy(_Section):
+    """What one route of a dependency sets apart from the dependency: timeout and retry.
+
+    As given, only the fields set count (``model_fields_set``, in each section too);
+    ``DependencyPolicy.resolved_routes`` holds them merged over the dependency's.
+    """
+
+    timeout: TimeoutPolicy = TimeoutPolicy()
+    retry: RetryPolicy = RetryPolicy()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_per_call_sections(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            refused = [name for name in _PER_DEPENDENCY if name in data]
+            if refused:
+                raise ValueError(
+                    f"{', '.join(refused)} cannot be set per route: breaker, bulkhead, "
+                    "rate_limit and pool judge or protect the dependency as a whole; "
+                    "a route sets only timeout and retry"
+                )
+            retry = data.get("retry")
+            given: Any = retry.model_fields_set if isinstance(retry, RetryPolicy) else retry
+            if not isinstance(given, Mapping | set):
+                given = ()
+            refused = [f"retry.{name}" for name in _PER_DEPENDENCY_RETRY if name in given]
+            if refused:
+                raise ValueError(
+                    f"{', '.join(refused)} cannot be set per route: the retry budget "
+                    "bounds the retries of the dependency as a whole"
+                )
+        return data
+
+
+def _check_route_key(key: str) -> str:
+    parse_route_key(key)
+    return key
+
+
+RoutePattern = Annotated[str, AfterValidator(_check_route_key)]
+
+
 class DependencyPolicy(_Section):
     """Everything that governs calls to one dependency."""
 
@@ -188,10 +241,30 @@ class DependencyPolicy(_Section):
     bulkhead: BulkheadPolicy = BulkheadPolicy()
     rate_limit: RateLimitPolicy | None = None
     pool: PoolPolicy = PoolPolicy()
+    # "METHOD /path-glob" or "/path-glob" -> what the route sets apart, in order
+    # (the first match wins). A dependency's own table replaces default's whole.
+    routes: dict[RoutePattern, RoutePolicy] = {}
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_distinct(cls, routes: dict[str, RoutePolicy]) -> dict[str, RoutePolicy]:
+        RouteTable(routes.items())  # two keys for one route ('post /a', 'POST /a')
+        return routes
 
     def over(self, base: DependencyPolicy) -> DependencyPolicy:
         """This policy with every setting it does not set itself taken from ``base``."""
         return _overlay(self, base)
+
+    @cached_property
+    def resolved_routes(self) -> tuple[tuple[str, RoutePolicy], ...]:
+        """``routes`` in order, each with complete sections: its own over this policy's."""
+        base = RoutePolicy.model_construct(timeout=self.timeout, retry=self.retry)
+        return tuple((key, _overlay(route, base)) for key, route in self.routes.items())
+
+    @cached_property
+    def route_table(self) -> RouteTable[RoutePolicy]:
+        """``resolved_routes`` compiled for matching (once per policy object)."""
+        return RouteTable(self.resolved_routes)
 
 
 def _overlay(override: _M, base: _M) -> _M:
@@ -359,17 +432,10 @@ class ResilienceSettings(BaseSettings):
                 owner[host] = name
             # Each part may be valid alone and the combination not (backoff_max
             # from the dependency below backoff_base from default, say).
-            try:
-                DependencyPolicy.model_validate(self.policy_for(name).model_dump())
-            except ValidationError as exc:
-                reasons = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'policy'}: "
-                    f"{str(e['msg']).removeprefix('Value error, ')}"
-                    for e in exc.errors()
-                )
-                raise ValueError(
-                    f"dependency {name!r} combined with default is invalid: {reasons}"
-                ) from None
+            policy = self.policy_for(name)
+            _check_combined(DependencyPolicy, policy, f"dependency {name!r} combined with default")
+            _check_routes(policy, f"dependency {name!r}")
+        _check_routes(self.default, "default")
         return self
 
     def policy_for(self, name: str) -> DependencyPolicy:
@@ -408,6 +474,30 @@ class ResilienceSettings(BaseSettings):
 
 
 _S = TypeVar("_S", bound="ResilienceSettings")
+
+
+def _check_combined(
+    model: type[BaseModel], merged: BaseModel, what: str, section: str = "policy"
+) -> None:
+    """Validate a merged model again (merging skips validation); ValueError naming ``what``."""
+    try:
+        # Routes are checked on their own (_check_routes), each over its dependency.
+        model.model_validate(merged.model_dump(exclude={"routes"}))
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or section}: "
+            f"{str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ValueError(f"{what} is invalid: {reasons}") from None
+
+
+def _check_routes(policy: DependencyPolicy, owner: str) -> None:
+    """Each route merged over its dependency's timeout and retry is valid."""
+    for key, route in policy.resolved_routes:
+        what = f"{owner} route {key!r} combined with its dependency"
+        _check_combined(TimeoutPolicy, route.timeout, what, "timeout")
+        _check_combined(RetryPolicy, route.retry, what, "retry")
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -458,12 +548,25 @@ def _validate(
         ) from None
 
 
+# A part of a dotted path: a bare key, or a quoted one as TOML writes it ("POST /a.json").
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+|\[key\]")
+_PATH_PART = re.compile(r'"(?:[^"\\]|\\.)*"|[^.]+')
+
+
+def _path_parts(path: str) -> list[str]:
+    return [json.loads(p) if p.startswith('"') else p for p in _PATH_PART.findall(path)]
+
+
 def _origin(path: str, given: Mapping[str, Any], environment: Mapping[str, Any]) -> str:
     """`` [from RESILIENT_CLIENT_...]`` when the bad value came from the environment."""
-    parts = path.split(".")
+    parts = _path_parts(path)
     if _holds(given, parts) or not _holds(environment, parts):
         return ""
     keys = [part for part in parts if not part.isdigit()]
+    # A routes table is given as one JSON variable: name that variable.
+    at = 1 if keys[0] == "default" else 2
+    if keys[at : at + 1] == ["routes"]:
+        keys = keys[: at + 1]
     return f" [from {ENV_PREFIX}{ENV_NESTED_DELIMITER.join(keys).upper()}]"
 
 
@@ -491,6 +594,8 @@ def _problem(error: Any) -> tuple[str, str, object]:
         message = "unknown setting"
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
+    # Keys other than names (route keys: "POST /a.json") are quoted, as in TOML.
+    location = [part if _BARE_KEY.fullmatch(part) else json.dumps(part) for part in location]
     return ".".join(location) or "(top level)", message, error.get("input")
 
 
