@@ -26,6 +26,7 @@ from ._settings import (
     RateLimitPolicy,
     ResilienceSettings,
     RetryPolicy,
+    RoutePolicy,
     TelemetrySettings,
     TimeoutPolicy,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ResilienceMiddleware",
     "ResilienceSettings",
     "RetryPolicy",
+    "RoutePolicy",
     "SettingsError",
     "TelemetrySettings",
     "TimeoutPolicy",

@@ -250,7 +250,7 @@ class AsyncClient(httpx.AsyncClient):
         reading the body; a streamed body must be read within it too.
         """
         pipeline = self._registry.resolve(request.url)
-        total = pipeline.policy.timeout.total
+        total = pipeline.strategies_for(request)[0].policy.total
         token = push_deadline(None if total is None else monotonic() + total)
         try:
             return await super().send(

@@ -4,7 +4,9 @@ This module is the one place where the layers' order is decided (the docs
 explain it and point here). A call meets them outermost first, each one a step
 of :class:`DependencyPipeline`::
 
-    handle_async_request   one logical call, with its deadline: the earliest of
+    handle_async_request   one logical call, with its route's timeouts and
+                           retries (the first of ``routes`` that matches, else the
+                           dependency's) and its deadline: the earliest of
                            every enclosing ``deadline()`` scope and ``timeout.total``
                            (the client opens a scope around the whole logical
                            call, so redirects, auth round trips and the body
@@ -69,7 +71,8 @@ from ._logging import RejectionLog
 from ._pools import DependencyPools, PoolLease
 from ._ratelimit import RateLimiter
 from ._retry import RetryStrategy
-from ._settings import DependencyPolicy
+from ._routes import RouteTable
+from ._settings import DependencyPolicy, RoutePolicy
 from ._telemetry import CallTelemetry, Telemetry
 from ._timeout import AttemptGuard, DeadlineBody, TimeoutStrategy
 from ._transports import HTTPXTransportFactory, Route, TransportFactory
@@ -100,10 +103,17 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self.named = named
         self.critical = critical
         self._route_for = route_for
-        self._timeout = TimeoutStrategy(name, policy.timeout)
         self._bulkhead = Bulkhead(name, policy.bulkhead)
         budget = RetryBudget(policy.retry.budget_ratio, policy.retry.budget_min_per_second)
-        self._retry = RetryStrategy(name, policy.retry, budget)
+        self._retries_by_reason: dict[str, int] = {}
+        # The dependency's timeouts and retries, and each route's (first match wins):
+        # one budget and one count of retries for them all.
+        self._timeout = TimeoutStrategy(name, policy.timeout)
+        self._retry = RetryStrategy(name, policy.retry, budget, self._retries_by_reason)
+        self._routes = RouteTable(
+            (key, _Route(name, route, budget, self._retries_by_reason))
+            for key, route in policy.resolved_routes
+        )
         # A breaker and a throttle per host: one host's failures are its own.
         self._hosts = HostStates(
             name, policy.breaker, single=not named, max_tracked=max_tracked_hosts
@@ -122,15 +132,25 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         self.retired = False
         self._on_idle_after_retire: Callable[[DependencyPipeline], None] | None = None
 
+    def strategies_for(self, request: httpx.Request) -> tuple[TimeoutStrategy, RetryStrategy]:
+        """The timeouts and retries of the request's route, or the dependency's own."""
+        if not self._routes.empty:
+            route = self._routes.match(request.method, request.url.path)
+            if route is not None:
+                return route.timeout, route.retry
+        return self._timeout, self._retry
+
     # -- the call: admit, send (and retry), hand the body over -------------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """One logical call through the layers, in the order the module docstring draws."""
+        timeout, retry = self.strategies_for(request)
         call = _Call(
             self,
             request,
             self._hosts.for_url(request.url),
-            self._timeout.call_deadline(),
+            timeout,
+            retry,
             self._telemetry.start_call(self.name, request),
         )
         try:
@@ -152,7 +172,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         """Refuse a call whose deadline has passed; take a bulkhead permit, or queue, or fail."""
         deadline = call.deadline
         if deadline is not None and monotonic() >= deadline:
-            expired = self._timeout.expired_error(call.request, "before the call was admitted")
+            expired = call.timeout.expired_error(call.request, "before the call was admitted")
             raise call.refused("deadline", expired)
         try:
             await self._bulkhead.acquire(deadline)
@@ -162,7 +182,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
 
     async def _send(self, call: _Call) -> httpx.Response:
         """The first attempt; only a retryable outcome starts the retry loop."""
-        retry = self._retry
+        retry = call.retry
         retry.budget.record_request()
         request = call.request
         try:
@@ -208,7 +228,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         guard: AttemptGuard | None = None
         try:
             transport, lease = self._transport_for(call)
-            guard = self._timeout.begin(request, call.deadline)
+            guard = call.timeout.begin(request, call.deadline)
             try:
                 response = await transport.handle_async_request(request)
             except BaseException as error:
@@ -236,7 +256,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         """The deadline, then the breaker: an attempt never sent is never recorded."""
         deadline = call.deadline
         if deadline is not None and monotonic() >= deadline:
-            expired = self._timeout.expired_error(call.request, "before the attempt could start")
+            expired = call.timeout.expired_error(call.request, "before the attempt could start")
             raise call.refused("deadline", expired)
         try:
             return call.host.breaker.admit()
@@ -247,7 +267,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         """Tell the dependency how long this attempt may take (the deadline header)."""
         header = self._deadline_header
         if header is not None:
-            time_left = self._timeout.attempt_time_left(call.deadline)
+            time_left = call.timeout.attempt_time_left(call.deadline)
             if time_left is not None:
                 header.set(call.request.headers, format_time_left(time_left))
 
@@ -329,7 +349,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             stream,
             deadline=call.deadline,
             on_close=None if lease is None else lease.release,
-            strategy=self._timeout,
+            strategy=call.timeout,
             request=call.request,
             # httpx's own transport reads its timeouts live; another factory's, or
             # the user's own transport, may ignore them.
@@ -404,7 +424,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             "max_queue": bulkhead.max_queue,
             "retry": {
                 "budget_left": self._retry.budget.available(),
-                "retries_by_reason": dict(self._retry.retries_by_reason),
+                "retries_by_reason": dict(self._retries_by_reason),
             },
             "rate_limit": self._rate_limit.health(),
             **hosts,  # breaker and throttle: the host's, or a summary and "hosts"
@@ -418,6 +438,23 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         }
 
 
+class _Route:
+    """The timeouts and retries of one route (its breaker, bulkhead and rate limit
+    are the dependency's)."""
+
+    __slots__ = ("retry", "timeout")
+
+    def __init__(
+        self,
+        dependency: str,
+        policy: RoutePolicy,
+        budget: RetryBudget,
+        retries_by_reason: dict[str, int],
+    ) -> None:
+        self.timeout = TimeoutStrategy(dependency, policy.timeout)
+        self.retry = RetryStrategy(dependency, policy.retry, budget, retries_by_reason)
+
+
 class _Call:
     """One logical call as the pipeline's steps see it; the retry loop's observer too.
 
@@ -425,20 +462,32 @@ class _Call:
     would record it: each report below is then a branch and no more).
     """
 
-    __slots__ = ("_pipeline", "deadline", "host", "request", "telemetry", "traced")
+    __slots__ = (
+        "_pipeline",
+        "deadline",
+        "host",
+        "request",
+        "retry",
+        "telemetry",
+        "timeout",
+        "traced",
+    )
 
     def __init__(
         self,
         pipeline: DependencyPipeline,
         request: httpx.Request,
         host: HostState,
-        deadline: float | None,
+        timeout: TimeoutStrategy,
+        retry: RetryStrategy,
         telemetry: CallTelemetry | None,
     ) -> None:
         self._pipeline = pipeline
         self.request = request
         self.host = host
-        self.deadline = deadline
+        self.timeout = timeout
+        self.retry = retry
+        self.deadline = timeout.call_deadline()
         self.telemetry = telemetry
         self.traced = telemetry is not None and telemetry.span is not None
         if telemetry is not None:

@@ -116,14 +116,21 @@ def replayable(request: httpx.Request) -> bool:
 class RetryStrategy:
     """Retry decisions for one dependency; ``run()`` drives the retries of one call."""
 
-    def __init__(self, dependency: str, policy: RetryPolicy, budget: RetryBudget) -> None:
+    def __init__(
+        self,
+        dependency: str,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        retries_by_reason: dict[str, int] | None = None,
+    ) -> None:
         self._dependency = dependency
         self.policy = policy
-        self.budget = budget
+        self.budget = budget  # may be shared by the routes of a dependency
         self.wait_backoff = tenacity.wait_random_exponential(
             multiplier=policy.backoff_base, max=policy.backoff_max
         )
-        self.retries_by_reason: dict[str, int] = {}
+        # Retries made, by reason (shared, like the budget, by a dependency's routes).
+        self.retries_by_reason = {} if retries_by_reason is None else retries_by_reason
 
     def safe_to_resend(self, request: httpx.Request) -> bool:
         return replayable(request) and (

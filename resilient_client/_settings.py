@@ -28,7 +28,6 @@ file, the library defaults. docs/configuration.md explains every default.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
@@ -46,11 +45,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
-from pydantic_settings import SettingsError as PydanticSettingsError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._exceptions import SettingsError
 from ._routes import RouteTable, parse_route_key
+from ._settings_errors import ENV_NESTED_DELIMITER, ENV_PREFIX, environment_of, validated
 
 __all__ = [
     "BreakerPolicy",
@@ -69,9 +68,6 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=BaseModel)
-
-ENV_PREFIX = "RESILIENT_CLIENT_"
-ENV_NESTED_DELIMITER = "__"
 
 
 class _Section(BaseModel):
@@ -447,7 +443,7 @@ class ResilienceSettings(BaseSettings):
         cls, data: Mapping[str, Any], *, source: str = "settings given in code"
     ) -> Self:
         """Validate a dict of the settings' shape; environment variables fill what it omits."""
-        return _validate(cls, dict(data), source)
+        return validated(cls, dict(data), source)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Self:
@@ -462,18 +458,15 @@ class ResilienceSettings(BaseSettings):
             raise SettingsError(
                 f"settings file {str(file)!r} is not valid TOML: {exc}", []
             ) from None
-        environment = _environment(cls)
-        return _validate(
+        environment = environment_of(cls)
+        return validated(
             cls, _deep_merge(data, environment), f"settings file {str(file)!r}", given=data
         )
 
     @classmethod
     def from_environment(cls) -> Self:
         """Defaults, overridden by ``RESILIENT_CLIENT_*`` environment variables."""
-        return _validate(cls, {}, "the environment")
-
-
-_S = TypeVar("_S", bound="ResilienceSettings")
+        return validated(cls, {}, "the environment")
 
 
 def _check_combined(
@@ -508,95 +501,6 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
         else:
             merged[key] = value
     return merged
-
-
-def _environment(cls: type[ResilienceSettings]) -> dict[str, Any]:
-    try:
-        return dict(EnvSettingsSource(cls)())
-    except PydanticSettingsError as exc:
-        raise _unparsable_environment(exc) from None
-
-
-def _unparsable_environment(exc: Exception) -> SettingsError:
-    return SettingsError(
-        f"invalid resilience setting in the environment: {exc} "
-        "(list and dict values are written as JSON, e.g. '[\"a.internal\"]')",
-        [],
-    )
-
-
-def _validate(
-    cls: type[_S], data: dict[str, Any], source: str, *, given: Mapping[str, Any] | None = None
-) -> _S:
-    """Validate ``data``; ``given`` is what the source itself said (default: ``data``)."""
-    try:
-        return cls(**data)
-    except PydanticSettingsError as exc:
-        # The environment could not even be parsed (a list or dict that is not JSON).
-        raise _unparsable_environment(exc) from None
-    except ValidationError as exc:
-        problems = [_problem(error) for error in exc.errors()]
-        environment = _environment(cls)
-        lines = "\n".join(
-            f"  {path}: {message} (got {value!r})"
-            f"{_origin(path, data if given is None else given, environment)}"
-            for path, message, value in problems
-        )
-        plural = "s" if len(problems) != 1 else ""
-        raise SettingsError(
-            f"invalid resilience setting{plural} in {source}:\n{lines}", problems
-        ) from None
-
-
-# A part of a dotted path: a bare key, or a quoted one as TOML writes it ("POST /a.json").
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+|\[key\]")
-_PATH_PART = re.compile(r'"(?:[^"\\]|\\.)*"|[^.]+')
-
-
-def _path_parts(path: str) -> list[str]:
-    return [json.loads(p) if p.startswith('"') else p for p in _PATH_PART.findall(path)]
-
-
-def _origin(path: str, given: Mapping[str, Any], environment: Mapping[str, Any]) -> str:
-    """`` [from RESILIENT_CLIENT_...]`` when the bad value came from the environment."""
-    parts = _path_parts(path)
-    if _holds(given, parts) or not _holds(environment, parts):
-        return ""
-    keys = [part for part in parts if not part.isdigit()]
-    # A routes table is given as one JSON variable: name that variable.
-    at = 1 if keys[0] == "default" else 2
-    if keys[at : at + 1] == ["routes"]:
-        keys = keys[: at + 1]
-    return f" [from {ENV_PREFIX}{ENV_NESTED_DELIMITER.join(keys).upper()}]"
-
-
-def _holds(data: Mapping[str, Any], parts: list[str]) -> bool:
-    """Whether ``data`` has a value at the dotted path (list items count as inside)."""
-    node: Any = data
-    for part in parts:
-        if isinstance(node, list):
-            return True
-        if not isinstance(node, Mapping):
-            return False
-        matches = [key for key in node if str(key).lower() == part.lower()]
-        if not matches:
-            return False
-        node = node[matches[0]]
-    return True
-
-
-def _problem(error: Any) -> tuple[str, str, object]:
-    location = [str(part) for part in error["loc"]]
-    # pydantic names the union branch ("function-after[...]", "RateLimitPolicy") in the path.
-    location = [part for part in location if not part.startswith(("function-", "function_"))]
-    message = str(error["msg"])
-    if error["type"] == "extra_forbidden":
-        message = "unknown setting"
-    elif message.startswith("Value error, "):
-        message = message.removeprefix("Value error, ")
-    # Keys other than names (route keys: "POST /a.json") are quoted, as in TOML.
-    location = [part if _BARE_KEY.fullmatch(part) else json.dumps(part) for part in location]
-    return ".".join(location) or "(top level)", message, error.get("input")
 
 
 def load_settings(

@@ -29,6 +29,7 @@ EXPORTED = {
     "ResilienceError",
     "ResilienceSettings",
     "RetryPolicy",
+    "RoutePolicy",
     "SettingsError",
     "TimeoutPolicy",
     "TransportFactory",

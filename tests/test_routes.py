@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 import resilient_client as rc
 from resilient_client._routes import RouteTable, parse_route_key
 from resilient_client._settings import RoutePolicy
+from resilient_client.testing._upstream import Upstream
 
 pytestmark = pytest.mark.usefixtures("clean_resilience_env")
 
@@ -405,3 +407,38 @@ def test_a_route_policy_as_given_remembers_what_it_set() -> None:
     route = RoutePolicy.model_validate({"retry": {"attempts": 1}})
     assert route.model_fields_set == {"retry"}
     assert route.retry.model_fields_set == {"attempts"}
+
+
+# -- in the client, against a real server -------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("clean_resilience_env")
+async def test_a_routes_retry_and_timeout_apply_to_its_requests_only(upstream: Upstream) -> None:
+    settings = {
+        "dependencies": {
+            "api": {
+                "hosts": [f"127.0.0.1:{upstream.ports[0]}"],
+                "retry": {"attempts": 3, "backoff_base": 0.001, "backoff_max": 0.002},
+                "breaker": {"consecutive_failures": None},
+                "routes": {
+                    "GET /once/*": {"retry": {"attempts": 1}},
+                    "/quick/*": {"timeout": {"total": 0.1}},
+                },
+            }
+        }
+    }
+    port = upstream.ports[0]
+    async with rc.AsyncClient(settings=settings) as client:
+        assert (await client.get(upstream.url(0, "/once/a?status=503"))).status_code == 503
+        assert upstream.received[port] == 1  # the route's one attempt
+        assert (await client.get(upstream.url(0, "/other?status=503"))).status_code == 503
+        assert upstream.received[port] == 4  # the dependency's three
+        started = time.monotonic()
+        with pytest.raises(rc.DeadlineExceededError):
+            await client.get(upstream.url(0, "/quick/b?delay=1"))
+        assert time.monotonic() - started < 0.1 + 0.05
+        # The query string is not matched: /other?x=/quick/ keeps the dependency's total.
+        response = await client.get(upstream.url(0, "/other?delay=0.2&x=/quick/"))
+        assert response.status_code == 200
+        assert client.health()["api"]["retry"]["retries_by_reason"] == {"status 503": 2}
