@@ -525,17 +525,20 @@ def test_the_healthy_run_report_judges_every_host(healthy_run: tuple[dict[str, A
 def test_quota_share_is_answers_over_the_quota_while_sending() -> None:
     from resilient_client.bench._figures import quota_use
 
-    # Buckets of 0.1 s: sending from bucket 10 to the end of bucket 29, 2 s.
+    # Buckets of 0.1 s: sending from bucket 10 to the end of bucket 29, 2 s; the load ends at
+    # 2.5 s, so bucket 29 (2.9 s) is after it.
     received = {
         "outcomes": {"ok": 90, "throttled": 7},
         "timeline": {"10": {"ok": 10, "throttled": 7}, "20": {"ok": 40}, "29": {"ok": 40}},
     }
-    figures = quota_use(received, bucket=0.1, quota=50)
+    figures = quota_use(received, bucket=0.1, quota=50, until=2.5)
     assert figures == {
         "quota_per_s": 50,
         "sending_s": 2.0,
         "upstream_ok": 90,
         "upstream_429": 7,
         "quota_share": 0.9,
+        # The load ended at 2.5 s: 50 answers in it, of the 125 its quota allowed.
+        "quota_share_during_load": 0.4,
     }
-    assert quota_use({}, bucket=0.1, quota=50)["quota_share"] is None
+    assert quota_use({}, bucket=0.1, quota=50, until=1.0)["quota_share"] is None

@@ -150,25 +150,33 @@ def recovery_time(
     return round((last + 1) * window, 3)
 
 
-def quota_use(received: Mapping[str, Any], bucket: float, quota: float) -> dict[str, Any]:
+def quota_use(
+    received: Mapping[str, Any], bucket: float, quota: float, until: float
+) -> dict[str, Any]:
     """How much of a throttling host's quota (``quota`` requests/s) the client turned into answers.
 
-    The share is the requests the host answered (not with 429) over what the
-    quota allowed while the client was sending: ``quota`` times the span from
-    the first to the end of the last of the server's buckets with a request.
-    ``upstream_429`` is how many 429s the client drew.
+    ``quota_share`` is the requests the host answered (not with 429) over what
+    the quota allowed while the client was sending: ``quota`` times the span
+    from the first to the end of the last of the server's buckets with a
+    request. ``quota_share_during_load`` counts only the load's ``[0, until)``:
+    a client still sending after the load (calls it held back) fills that span
+    slowly. ``upstream_429`` is how many 429s the client drew.
     """
     timeline = received.get("timeline", {})
     busy = sorted(int(key) for key, slot in timeline.items() if any(slot.values()))
     sending = (busy[-1] + 1 - busy[0]) * bucket if busy else 0.0
     answered = received.get("outcomes", {})
     served = answered.get("ok", 0)
+    during = sum(
+        slot.get("ok", 0) for key, slot in timeline.items() if not _after(int(key), bucket, until)
+    )
     return {
         "quota_per_s": quota,
         "sending_s": round(sending, 3),
         "upstream_ok": served,
         "upstream_429": answered.get("throttled", 0),
         "quota_share": round(served / (quota * sending), 3) if sending else None,
+        "quota_share_during_load": round(during / (quota * until), 3) if until > 0 else None,
     }
 
 

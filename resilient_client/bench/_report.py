@@ -156,7 +156,7 @@ def _headline(
     throttle = result.hosts[result.scenario.focus].throttle
     if throttle is not None:
         received = run.received[result.scenario.focus]
-        line["quota"] = quota_use(received, result.bucket, throttle.rate)
+        line["quota"] = quota_use(received, result.bucket, throttle.rate, result.duration)
     if result.scenario.name == "slow-dependency":
         slow = hosts["slow"]
         line["slow_ok"] = slow["ok"]

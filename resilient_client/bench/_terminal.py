@@ -102,6 +102,7 @@ def _quota_rows(headline: dict[str, Any], keys: list[str]) -> list[list[str]]:
     return [
         [f"quota {quotas[0]['quota_per_s']:g} requests/s"],
         ["  share used while sending", *(_percent(q["quota_share"]) for q in quotas)],
+        ["  share used during the load", *(_percent(q["quota_share_during_load"]) for q in quotas)],
         ["  answered upstream", *(str(q["upstream_ok"]) for q in quotas)],
         ["  429s drawn", *(str(q["upstream_429"]) for q in quotas)],
         ["  seconds sending", *(f"{q['sending_s']:g}" for q in quotas)],
@@ -136,7 +137,8 @@ def explain(name: str, scenario: dict[str, Any], labels: dict[str, str]) -> list
             quota = line["quota"]
             lines.append(
                 f"{label}: {_percent(line['success_ratio'])} of calls succeeded, "
-                f"{_percent(quota['quota_share'])} of the quota used while sending, "
+                f"{_percent(quota['quota_share'])} of the quota used while sending "
+                f"({_percent(quota['quota_share_during_load'])} during the load), "
                 f"{quota['upstream_429']} 429s drawn"
             )
         else:
