@@ -494,8 +494,9 @@ def test_a_lone_host_is_judged_by_its_successes_only() -> None:
     ]
     assert rows[0]["httpx_p99_ms"] == 900.0
     table = harm_markdown(rows).splitlines()
-    assert table[0].startswith("| scenario | host | client | ok (httpx) | ok |")
-    assert table[2] == "| throttled | limited | defaults | 489 | 489 | 900 ms | 2,500 ms | ok |"
+    assert table[0].startswith("| scenario | host | kind | client | ok (httpx) | ok |")
+    row = "| throttled | limited | troubled | defaults | 489 | 489 | 900 ms | 2,500 ms | ok |"
+    assert table[2] == row
 
 
 def test_which_hosts_are_troubled() -> None:

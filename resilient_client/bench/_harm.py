@@ -140,7 +140,18 @@ def do_no_harm(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-_HEADER = ["scenario", "host", "client", "ok (httpx)", "ok", "p99 (httpx)", "p99", "verdict"]
+_HEADER = [
+    "scenario",
+    "host",
+    "kind",
+    "client",
+    "ok (httpx)",
+    "ok",
+    "p99 (httpx)",
+    "p99",
+    "verdict",
+]
+_KINDS = {"healthy beside a troubled host": "healthy, beside"}
 
 
 def harm_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -148,11 +159,11 @@ def harm_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     cells = []
     for row in rows:
         verdict = row["verdict"] if row["verdict"] == "ok" else f"{row['verdict']}: {row['why']}"
-        host = row["host"] + (" (healthy)" if row["role"].startswith("healthy beside") else "")
         cells.append(
             [
                 row["scenario"],
-                host,
+                row["host"],
+                _KINDS.get(row["role"], row["role"]),
                 row["client"],
                 str(row["httpx_ok"]),
                 str(row["ok"]),
@@ -167,7 +178,7 @@ def harm_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
 def harm_markdown(rows: list[dict[str, Any]]) -> str:
     """The table in Markdown, as a results note shows it."""
     header, cells = harm_cells(rows)
-    right = {3, 4, 5, 6}
+    right = {4, 5, 6, 7}
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
