@@ -70,7 +70,7 @@ from ._hosts import HostState, HostStates
 from ._logging import RejectionLog
 from ._pools import DependencyPools, PoolLease
 from ._ratelimit import RateLimiter
-from ._retry import RetryStrategy
+from ._retry import RetryStrategy, retry_after_seconds
 from ._routes import RouteTable
 from ._settings import DependencyPolicy, RoutePolicy
 from ._telemetry import CallTelemetry, Telemetry
@@ -322,7 +322,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
             # Healthy, and we are over our quota: not the breaker's business (it
             # would refuse calls the quota admits). The throttle answers a 429.
             host.breaker.record_ignored(permit)
-            host.throttle.throttled(sent_at)
+            host.throttle.throttled(sent_at, retry_after_seconds(response))
         else:
             host.breaker.record_success(permit)
 

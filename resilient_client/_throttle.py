@@ -13,10 +13,12 @@ off         until the dependency answers 429: no pacing, and the cost of a
 on a 429    the rate becomes ``BETA`` (0.7) times the rate attempts were going
             out at (the measured send rate, or the current rate if it was
             lower), and that rate is remembered as ``ceiling``. A 429 to an
-            attempt sent before the last cut says nothing about the new rate,
-            and cuts nothing: the attempts in flight when a quota runs out all
-            come back 429, and cutting once for each would take the rate to
-            the floor (measured: 21% of calls through against bare httpx's 48%).
+            attempt sent before the last cut, or within the Retry-After of the
+            429 that made it, says nothing new and cuts nothing: the attempts in
+            flight when a quota runs out all come back 429, and so do those
+            sent before it frees up; cutting once for each took the rate to the
+            floor (measured: 21% of calls through against bare httpx's 48%, and
+            0.7 calls/s left after the load).
 growing     with no 429, the rate grows back along a cubic curve (CUBIC, as TCP
             and the AWS SDKs use): quickly at first, flat near ``ceiling`` (where
             the last 429 was drawn), then faster again past it, to find a quota
@@ -57,6 +59,9 @@ BETA = 0.7
 SCALE = 0.4
 # Off again once the rate has grown to this multiple of the last 429's ceiling.
 RELEASE_FACTOR = 2.0
+# A 429's Retry-After says when its quota frees up; the attempts sent before then
+# meet the same spent quota, so their 429s do not cut again (up to this long).
+SAME_EVIDENCE_CAP = 5.0
 # Never slower than this (calls a second): a dependency whose 429s never stop is
 # still asked now and then, and a call still gets through.
 MIN_RATE = 0.5
@@ -82,6 +87,7 @@ class AdaptiveThrottle:
         "_measured_since",
         "_next_slot",
         "_previous_rate",
+        "_same_evidence_until",
         "_sent",
         "off",
         "throttles",
@@ -95,6 +101,7 @@ class AdaptiveThrottle:
         self._ceiling = 0.0
         self._k = 0.0
         self._last_throttle = -math.inf
+        self._same_evidence_until = -math.inf
         self._next_slot = -math.inf
         # The send rate: attempts since _measured_since, and the rate of the span before.
         self._sent = 0
@@ -113,11 +120,16 @@ class AdaptiveThrottle:
             self._measured_since = now
         self._sent += 1
 
-    def throttled(self, sent_at: float) -> None:
-        """The dependency answered 429 to an attempt sent at ``sent_at``: cut the rate."""
+    def throttled(self, sent_at: float, retry_after: float | None = None) -> None:
+        """The dependency answered 429 to an attempt sent at ``sent_at``: cut the rate.
+
+        ``retry_after`` is the 429's Retry-After in seconds, if it had one: the
+        attempts sent within that long after a cut meet the same spent quota,
+        and their 429s cut nothing more.
+        """
         self.throttles += 1
-        if sent_at < self._last_throttle:
-            return  # sent at the rate that was cut already
+        if sent_at < self._same_evidence_until:
+            return  # sent at the rate that was cut already, or into the same spent quota
         now = self._clock()
         sending_at = self._send_rate(now)
         if not self.off:
@@ -125,6 +137,8 @@ class AdaptiveThrottle:
         self._ceiling = max(sending_at, MIN_RATE)
         self._k = math.cbrt(self._ceiling * (1 - BETA) / SCALE)
         self._last_throttle = now
+        wait = 0.0 if retry_after is None else min(retry_after, SAME_EVIDENCE_CAP)
+        self._same_evidence_until = now + wait
         self.off = False
 
     def rate(self) -> float | None:

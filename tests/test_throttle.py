@@ -157,3 +157,23 @@ async def test_a_slot_past_the_deadline_is_refused_at_once_and_not_taken() -> No
     # The refused caller took nothing: the next slot is still about 2 s away, not 4.
     with pytest.raises(rc.RateLimitedError, match=r"in (1\.9|2\.0)"):
         await throttle.acquire(time.monotonic() + 0.5)
+
+
+def test_429s_within_the_retry_after_of_a_cut_do_not_cut_again() -> None:
+    clock = FakeClock()
+    throttle = AdaptiveThrottle("api", clock=clock)
+    _sending(throttle, clock, 100, 2.0)
+    throttle.throttled(clock.now, retry_after=1.0)
+    cut = throttle.rate()
+    # Attempts sent after the cut, but before the spent quota frees up, draw 429s too.
+    for _ in range(5):
+        clock.now += 0.1
+        throttle.throttled(clock.now - 0.01, retry_after=1.0)
+    assert throttle.rate() == pytest.approx(cut, rel=0.2)  # grown a little, not cut
+    assert throttle.throttles == 6
+    clock.now += 0.6
+    throttle.throttled(clock.now, retry_after=1.0)  # after the quota freed up: new evidence
+    rate = throttle.rate()
+    assert rate is not None
+    assert cut is not None
+    assert rate < cut * 0.8
