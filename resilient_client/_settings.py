@@ -144,9 +144,11 @@ class BulkheadPolicy(_Section):
     """Bounded concurrency per dependency, with a bounded, time-limited queue."""
 
     max_concurrent: int = Field(50, ge=1)
-    # The queue absorbs short bursts; a wait longer than this is overload, not a burst.
-    max_queue: int = Field(50, ge=0)
-    queue_timeout: Seconds = 0.25
+    # A call waits for a permit as long as bare httpx waits for a connection (its
+    # pool timeout, 5 s): failing sooner lost calls bare httpx completes (measured:
+    # a 0.25 s queue turned away 95% of 200 callers of a healthy host).
+    max_queue: int = Field(500, ge=0)
+    queue_timeout: Seconds = 5.0
 
 
 class RateLimitPolicy(_Section):

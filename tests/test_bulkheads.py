@@ -224,12 +224,13 @@ async def test_slow_dependency_does_not_hurt_a_healthy_one(upstream_ports: list[
     assert errors == []
     assert len(latencies) > 100
     assert percentile(latencies, 0.99) < 0.1, percentile(latencies, 0.99)
-    # The slow host got at most its bulkhead's worth of calls at once; the rest failed
-    # fast or gave up queueing, rather than piling up behind it.
+    # The slow host got at most its bulkhead's worth of calls at once (50, every 2 s);
+    # the rest queued for a permit for up to queue_timeout (5 s): the waves that got
+    # one by then were served, the rest gave up queueing, rather than piling up.
     served = [o for o in slow_outcomes if isinstance(o, httpx.Response)]
     rejected = [o for o in slow_outcomes if isinstance(o, rc.BulkheadFullError)]
     assert len(served) + len(rejected) == 200
-    assert len(served) == 50
+    assert len(served) in (100, 150), len(served)
 
 
 @settings(max_examples=60, deadline=None)
