@@ -101,3 +101,29 @@ async def test_an_attempt_left_little_time_by_our_own_queue_is_not_the_dependenc
             assert (await holder).status_code == 200
         assert _breaker(client, upstream)["state"] == "closed"
         assert _breaker(client, upstream)["consecutive_failures"] == 0
+
+
+async def test_a_dependency_that_became_slow_can_be_cut_off_on_purpose(upstream: Upstream) -> None:
+    settings = _settings()
+    settings["default"]["breaker"] = {
+        "consecutive_failures": None,
+        "slow_call_duration": 0.1,
+        "slow_call_ratio": 0.8,
+        "minimum_calls": 5,
+    }
+    async with rc.AsyncClient(settings=settings) as client:
+        for _ in range(5):
+            assert (await client.get(upstream.url(0, "/?delay=0.2"))).status_code == 200
+        breaker = _breaker(client, upstream)
+        assert breaker["state"] == "open"
+        assert breaker["slow_call_ratio"] == 1.0
+        with pytest.raises(rc.CircuitOpenError, match="slow"):
+            await client.get(upstream.url(0))
+    assert upstream.received[upstream.ports[0]] == 5
+
+
+async def test_slow_successes_never_count_with_the_rule_off(upstream: Upstream) -> None:
+    async with rc.AsyncClient(settings=_settings()) as client:
+        for _ in range(12):
+            assert (await client.get(upstream.url(0, "/?delay=0.05"))).status_code == 200
+        assert _breaker(client, upstream)["state"] == "closed"
