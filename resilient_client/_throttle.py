@@ -72,11 +72,8 @@ _SHORTEST_SPAN = 0.05
 
 
 class AdaptiveThrottle:
-    """The adaptive rate of one dependency: ``sent()`` per attempt, ``throttled()`` per 429.
-
-    ``off`` is a plain attribute, read on every attempt: when it is True,
-    ``acquire()`` would return at once and need not be awaited.
-    """
+    """The adaptive rate of one host: ``sent()`` per attempt, ``throttled()`` per 429,
+    ``acquire()`` before each attempt (at once while ``off``)."""
 
     __slots__ = (
         "_ceiling",
