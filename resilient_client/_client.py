@@ -244,7 +244,7 @@ class AsyncClient(httpx.AsyncClient):
         auth: AuthTypes | UseClientDefault | None = httpx.USE_CLIENT_DEFAULT,
         follow_redirects: bool | UseClientDefault = httpx.USE_CLIENT_DEFAULT,
     ) -> httpx.Response:
-        """Send a request, as httpx does, within the dependency's ``timeout.total``.
+        """Send a request, as httpx does, within its route's (or dependency's) ``timeout.total``.
 
         The budget covers redirects, auth round trips and (unless ``stream``)
         reading the body; a streamed body must be read within it too.

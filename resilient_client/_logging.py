@@ -6,6 +6,8 @@ formatter pick them up):
 
 =================  ==============================================================
 ``dependency``     the dependency's name
+``host``           the host, on a breaker transition of one host of a named
+                   dependency (None for a dependency of one host)
 ``request_id``     the call's request id (the header sent, or the one bound here)
 ``trace_id``       the current trace, 32 hex digits (None outside a trace)
 ``span_id``        the current span, 16 hex digits (None outside a trace)

@@ -146,7 +146,8 @@ class BulkheadPolicy(_Section):
     max_concurrent: int = Field(50, ge=1)
     # A call waits for a permit as long as bare httpx waits for a connection (its
     # pool timeout, 5 s): failing sooner lost calls bare httpx completes (measured:
-    # a 0.25 s queue turned away 95% of 200 callers of a healthy host).
+    # with a 0.25 s queue of 50, 200 callers of one healthy host had 15,078 calls
+    # fail with BulkheadFullError in 4 s; benchmarks/results/2026-12-08-bench.md).
     max_queue: int = Field(500, ge=0)
     queue_timeout: Seconds = 5.0
 

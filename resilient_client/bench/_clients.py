@@ -164,7 +164,8 @@ class _Resilient:
                 "state": health["breaker"]["state"],
                 "in_flight": health["in_flight"],
                 "queued": health["queued"],
-                "throttle_rate": health["throttle"]["rate"],
+                # A named dependency of several hosts has a throttle per host.
+                "throttle_rate": health.get("throttle", {}).get("rate"),
             }
             for name, health in self._client.health().items()
         }

@@ -210,7 +210,8 @@ def amplification_between(
 
 
 def breaker_timeline(run: ClientRun, names: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Each host's breaker state (and queue, pause) as sampled, keyed by the scenario's names."""
+    """Each host's breaker state (and calls in flight and queued, and the throttle's
+    rate) as sampled, keyed by the scenario's names."""
     timeline = []
     for at, sample in run.samples:
         states = {names[dep]: values for dep, values in sample.items() if dep in names}

@@ -1,7 +1,7 @@
-"""The bench's report: every figure as JSON, and a summary table for the terminal.
+"""The bench's report: every figure as JSON.
 
-The JSON is the source of truth: the terminal table and the plots
-(:mod:`._plots`) are both drawn from it, so a report written by one run can be
+The JSON is the source of truth: the terminal tables (:mod:`._terminal`) and
+the plots (:mod:`._plots`) are both drawn from it, so a report written by one run can be
 plotted again later. Its shape::
 
     tool, version, created, machine {nproc, cpu, python, packages}, options
@@ -13,6 +13,8 @@ plotted again later. Its shape::
                                          timeline {window_s, hosts {name: [window...]},
                                                    after_load {name: {from_s,
                                                                       upstream_requests}}}}}}}
+    do_no_harm [{scenario, host, kind, client, figures and a verdict}]   (see ._harm)
+    sweep      [{concurrency, clients {key: {ok_per_s, errors, p99_ms, ...}}}]  (._sweep)
 """
 
 from __future__ import annotations
