@@ -445,13 +445,16 @@ class CircuitBreaker:
         permit._recorded = True
         return permit._period == self._period
 
+    def _share_reached(self, count: int, share: float) -> bool:
+        """Whether ``count`` of the window's outcomes is ``share`` of at least minimum_calls."""
+        calls = self._window.calls
+        return calls >= self._policy.minimum_calls and count / calls >= share
+
     def _check_ratio(self) -> bool:
         """Open if the failure ratio calls for it; whether it did."""
         window = self._window
         policy = self._policy
-        if window.calls >= policy.minimum_calls and (
-            window.failures / window.calls >= policy.failure_ratio
-        ):
+        if self._share_reached(window.failures, policy.failure_ratio):
             self._open(
                 f"opened after {window.failures} failures in {window.calls} calls "
                 f"within {policy.window:g} s"
@@ -462,9 +465,7 @@ class CircuitBreaker:
     def _check_slow(self) -> None:
         window = self._window
         policy = self._policy
-        if window.calls >= policy.minimum_calls and (
-            window.slow / window.calls >= policy.slow_call_ratio
-        ):
+        if self._share_reached(window.slow, policy.slow_call_ratio):
             self._open(
                 f"opened after {window.slow} slow calls (over "
                 f"slow_call_duration={policy.slow_call_duration:g} s) in {window.calls} "
