@@ -28,7 +28,8 @@ that the deadline cuts short hands back the response already in hand, if any.
 
 The pipeline makes the first attempt itself, outside tenacity: almost every
 call succeeds at once, and a fresh ``AsyncRetrying`` costs about 64 µs of CPU
-a call here, 3.7 to 4.4% of a whole request (benchmarks/results/2026-12-08-shortcuts.md). Only a retryable first outcome starts
+a call here, 3.7 to 4.4% of a whole request (benchmarks/results/
+2026-12-08-shortcuts.md). Only a retryable first outcome starts
 :meth:`RetryStrategy.run`, a plain ``async for`` over a fresh ``AsyncRetrying``.
 """
 
