@@ -109,7 +109,7 @@ class DependencyPipeline(httpx.AsyncBaseTransport):
         # The dependency's timeouts and retries, and each route's (first match wins):
         # one budget and one count of retries for them all.
         self._timeout = TimeoutStrategy(name, policy.timeout)
-        self._retry = RetryStrategy(name, policy.retry, budget, self._retries_by_reason)
+        self._retry = RetryStrategy(policy.retry, budget, self._retries_by_reason)
         self._routes = RouteTable(
             (key, _Route(name, route, budget, self._retries_by_reason))
             for key, route in policy.resolved_routes
@@ -452,7 +452,7 @@ class _Route:
         retries_by_reason: dict[str, int],
     ) -> None:
         self.timeout = TimeoutStrategy(dependency, policy.timeout)
-        self.retry = RetryStrategy(dependency, policy.retry, budget, retries_by_reason)
+        self.retry = RetryStrategy(policy.retry, budget, retries_by_reason)
 
 
 class _Call:

@@ -119,12 +119,10 @@ class RetryStrategy:
 
     def __init__(
         self,
-        dependency: str,
         policy: RetryPolicy,
         budget: RetryBudget,
         retries_by_reason: dict[str, int] | None = None,
     ) -> None:
-        self._dependency = dependency
         self.policy = policy
         self.budget = budget  # may be shared by the routes of a dependency
         self.wait_backoff = tenacity.wait_random_exponential(
