@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -202,7 +204,20 @@ async def test_slow_dependency_does_not_hurt_a_healthy_one(upstream_ports: list[
     healthy = f"http://127.0.0.1:{upstream_ports[1]}/"
     # A queue wait of 3 s: the second wave of 50 gets its permits at 2 s, the third
     # would at 4 s (a second clear of the limit either way, on a busy machine too).
-    settings = {"default": {"bulkhead": {"queue_timeout": 3.0}}}
+    settings: dict[str, Any] = {"default": {"bulkhead": {"queue_timeout": 3.0}}}
+    # The test session's heap (pydantic, OpenTelemetry, hypothesis, httpx's test
+    # suite) makes each full collection take 45-110 ms here, 280 ms on a busy
+    # machine: a pause of the whole process that is not the client's. Frozen, as
+    # benchmarks/instructions.py does, a collection walks only what the test made.
+    gc.collect()
+    gc.freeze()
+    try:
+        await _slow_beside_healthy(slow, healthy, settings)
+    finally:
+        gc.unfreeze()
+
+
+async def _slow_beside_healthy(slow: str, healthy: str, settings: dict[str, Any]) -> None:
     async with rc.AsyncClient(settings=settings) as client:
         slow_calls = [asyncio.create_task(client.get(slow)) for _ in range(200)]
         await asyncio.sleep(0.1)
