@@ -44,6 +44,7 @@ def host_key(url: httpx.URL) -> tuple[str, int | None]:
 
 
 def host_name(key: tuple[str, int | None]) -> str:
+    """``host:port`` (or ``host``) of a :func:`host_key`: how a host's state is named."""
     host, port = key
     return host if port is None else f"{host}:{port}"
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import httpx
 
-from ._hosts import host_key
+from ._hosts import host_key, host_name
 from ._pipeline import DependencyPipeline
 from ._pools import BackgroundCloser
 from ._settings import DependencyPolicy, ResilienceSettings
@@ -69,9 +69,7 @@ class DependencyRegistry:
             if len(self._named_hosts) > limit:
                 self._named_hosts.popitem(last=False)  # only a lookup is forgotten
             return pipeline
-        host, port = key
-        name = host if port is None else f"{host}:{port}"
-        pipeline = self._build(name, self._settings.default, False)
+        pipeline = self._build(host_name(key), self._settings.default, False)
         self._recent[key] = pipeline
         if len(self._recent) > limit:
             _, evicted = self._recent.popitem(last=False)
